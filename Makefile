@@ -1,0 +1,40 @@
+# make repro: set up (venv, OS data copy) and run the whole pipeline.
+# make test:  the same set-up, then the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+# DVC stage commands call `python`: make it the venv's.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: setup repro test ui system-data
+
+setup: $(VENV)/.installed system-data
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# The offline source of Fashion-MNIST: Debian's dataset-fashion-mnist, installed only
+# where we are root with apt-get; elsewhere the OS is left alone (data.mirror or a download).
+system-data:
+	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist (Debian's copy of Fashion-MNIST)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+# The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise.
+ui: setup
+	$(BIN)/mlflow server --host $(UI_HOST) --port $(UI_PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db

@@ -1,0 +1,1 @@
+"""mnistflow: a reproducible DVC + MLflow pipeline for the MNIST family of classifiers."""

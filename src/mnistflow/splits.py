@@ -1,0 +1,132 @@
+"""The preprocess stage's data: uint8 image tensors, seeded splits, crop variants.
+
+A split file holds {"images": uint8 (N,1,28,28), "labels": int64 (N,)}; it is
+small enough to live in memory (and on the GPU) whole during training.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from mnistflow.config import IMAGE_SIZE, VariantConfig
+from mnistflow.datasets import DatasetSpec
+from mnistflow.errors import ConfigError, DataError
+from mnistflow.io import load_torch, save_torch, write_json
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 (N,1,28,28)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def read_raw(raw_root: Path, spec: DatasetSpec) -> tuple[Split, Split]:
+    """Read the raw IDX files through torchvision's own dataset class."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, spec.torchvision_class)
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(raw_root), train=train, download=False)
+        except RuntimeError as exc:
+            raise DataError(f"{raw_root}: {exc}; run the download stage first") from None
+        out.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)))
+    return out[0], out[1]
+
+
+def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """A seeded hold-out of `val_size` images from train."""
+    if val_size >= len(train):
+        raise ConfigError(f"data.val_size: {val_size} must be smaller than the {len(train)} training images")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    return (Split(train.images[train_idx], train.labels[train_idx]),
+            Split(train.images[val_idx], train.labels[val_idx]))
+
+
+def make_variant(test: Split, name: str, variant: VariantConfig, seed: int) -> Split:
+    """RandomCrop(crop) then Resize(28), as in the MNIST crop tutorial, but seeded.
+
+    The generator's seed mixes in the variant's name, so two variants differ and
+    each is the same on every run.
+    """
+    crop = variant.crop
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    tops = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
+    lefts = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
+    rows = (tops[:, None] + torch.arange(crop))[:, :, None]    # (N,crop,1)
+    cols = (lefts[:, None] + torch.arange(crop))[:, None, :]   # (N,1,crop)
+    n = torch.arange(len(test))[:, None, None]
+    crops = test.images[:, 0][n, rows, cols].unsqueeze(1)  # (N,1,crop,crop), one window per image
+    images = TF.resize(crops, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    return Split(images.contiguous(), test.labels.clone())
+
+
+def pixel_stats(train: Split) -> dict[str, float]:
+    x = train.images.double() / 255
+    return {"mean": round(x.mean().item(), 6), "std": round(x.std().item(), 6)}
+
+
+def save_split(path: Path, split: Split) -> None:
+    save_torch(path, {"images": split.images, "labels": split.labels})
+
+
+def load_split(path: Path) -> Split:
+    """Load a split file, refusing one of the wrong shape, dtype or label range."""
+    path = Path(path)
+    try:
+        obj = load_torch(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the preprocess stage first") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be loaded as a split file ({exc})") from None
+    if not isinstance(obj, dict) or set(obj) != {"images", "labels"}:
+        raise DataError(f"{path}: expected a dict with 'images' and 'labels'")
+    images, labels = obj["images"], obj["labels"]
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{path}: images are {images.dtype} {tuple(images.shape)}, expected uint8 (N,1,28,28)")
+    if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+        raise DataError(f"{path}: labels are {labels.dtype} {tuple(labels.shape)}, "
+                        f"expected int64 ({images.shape[0]},)")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1} "
+                        f"(min {labels.min().item()}, max {labels.max().item()})")
+    return Split(images, labels)
+
+
+def read_stats(data_dir: Path) -> dict[str, float]:
+    """The train mean/std that normalize every batch."""
+    path = Path(data_dir) / "stats.json"
+    try:
+        stats = json.loads(path.read_text())
+        return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read the train mean/std ({exc}); run the preprocess stage") from None
+
+
+def preprocess(raw_root: Path, spec: DatasetSpec, val_size: int, seed: int,
+               variants: dict[str, VariantConfig], out: Path) -> None:
+    """The preprocess stage: train/val/test split files, stats and test variants."""
+    out = Path(out)
+    train, test = read_raw(raw_root, spec)
+    train, val = split_train_val(train, val_size, seed)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        save_split(out / f"{name}.pt", split)
+    write_json(out / "stats.json", {"dataset": spec.name, **pixel_stats(train),
+                                    "sizes": {"train": len(train), "val": len(val), "test": len(test)}})
+    for name, variant in variants.items():
+        save_split(out / "variants" / f"{name}.pt", make_variant(test, name, variant, seed))

@@ -1,0 +1,119 @@
+"""Everything MLflow: where the store is, one run per trained model, what it records."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import RunStatus  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def repo_root() -> Path:
+    """The project's root. Under `dvc exp run --temp/--queue` the stage runs in a copy
+    inside .dvc/tmp/exps; DVC then points DVC_ROOT at the real repo, so every run
+    lands in the one store."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def use_store() -> None:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+
+
+def experiment_id(name: str) -> str:
+    """Get or create the experiment; its artifacts go to an absolute path under mlruns/
+    (a relative one would resolve inside DVC's temporary experiment copy and be lost)."""
+    use_store()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:///"):
+        location = (repo_root() / "mlruns" / "artifacts").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def file_md5(path: str | Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
+    tags = {"dataset": dataset, "device": str(device), "torch_version": torch.__version__, **git_state()}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt;
+    never left RUNNING by anything short of `kill -9`."""
+    exp_id = experiment_id(experiment)
+    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+    log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking_uri())
+    try:
+        mlflow.log_params(params)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_epoch(result) -> None:
+    mlflow.log_metrics({
+        "train_loss": result.train_loss, "train_acc": result.train_acc,
+        "val_loss": result.val_loss, "val_acc": result.val_acc, "lr": result.lr,
+        "epoch_seconds": result.seconds, "images_per_second": result.images_per_second,
+    }, step=result.epoch)
+
+
+def log_figure(fig, name: str) -> None:
+    mlflow.log_figure(fig, name)
+
+
+def log_model(model: torch.nn.Module, weights_path: Path) -> None:
+    """Log the model (pt2 format, with an input example and signature) and tag the run
+    with the md5 of the weights file, which is how later stages find this run."""
+    model = model.cpu().eval()
+    # A batch of 2: torch.export fixes a size-1 batch dimension, and the model must take any batch.
+    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    signature = mlflow.models.infer_signature(example, output)
+    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
+    mlflow.set_tag("model_md5", file_md5(weights_path))

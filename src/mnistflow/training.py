@@ -1,0 +1,152 @@
+"""The training loop: whole splits in memory, per-batch normalization, seeded shuffles."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistflow import tracking
+from mnistflow.config import Config, ModelConfig
+from mnistflow.device import autocast, select_device, set_determinism
+from mnistflow.io import save_torch, write_csv, write_json
+from mnistflow.models import create_model
+from mnistflow.optim import build_optimizer, build_scheduler, step_scheduler
+from mnistflow.plots import loss_curve
+from mnistflow.splits import Split, load_split, read_stats
+
+log = logging.getLogger(__name__)
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 pixels -> standardized float, applied per batch on the device."""
+
+    mean: float
+    std: float
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255 - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_second: float
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in batches."""
+    model.eval()
+    device = split.images.device
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), EVAL_BATCH):
+        x = norm(split.images[start:start + EVAL_BATCH])
+        y = split.labels[start:start + EVAL_BATCH]
+        with autocast(device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / len(split), correct / len(split)
+
+
+def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Normalizer, *,
+        seed: int, amp: bool = False, name: str = "model",
+        on_epoch: Callable[[EpochResult], None] = lambda r: None) -> list[EpochResult]:
+    """Train `model` in place on splits already on the device; return per-epoch results."""
+    device = train.images.device
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    show_bar = sys.stderr.isatty()
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        # A generator per epoch, seeded from (seed, epoch): the order does not depend on what ran before.
+        gen = torch.Generator().manual_seed(seed * 10_000 + epoch)
+        order = torch.randperm(len(train), generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        lr = optimizer.param_groups[0]["lr"]
+        batches = range(0, len(train), cfg.batch_size)
+        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not show_bar, leave=False)
+        for i, b in enumerate(bar):
+            idx = order[b:b + cfg.batch_size]
+            x, y = norm(train.images[idx]), train.labels[idx]
+            with autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Sums stay on the device: no sync per batch.
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if show_bar and i % 20 == 0:
+                seen = b + len(y)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        val_loss, val_acc = evaluate_loss_acc(model, val, norm, amp)
+        step_scheduler(scheduler, val_loss)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=round(loss_sum.item() / len(train), 6),
+            train_acc=round(correct.item() / len(train), 6),
+            val_loss=round(val_loss, 6),
+            val_acc=round(val_acc, 6),
+            lr=lr,
+            seconds=round(seconds, 3),
+            images_per_second=round(len(train) / seconds, 1),
+        )
+        log.info("%s epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f "
+                 "lr %.3g %.1fs (%.0f img/s)", name, epoch, cfg.epochs, result.train_loss, result.train_acc,
+                 result.val_loss, result.val_acc, lr, seconds, result.images_per_second)
+        history.append(result)
+        on_epoch(result)
+    return history
+
+
+def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
+                metrics_path: Path, history_path: Path) -> list[EpochResult]:
+    """The train stage for one model: fit, write its outputs, record it all in MLflow."""
+    device = select_device(cfg.device)
+    set_determinism(cfg.seed, cfg.deterministic)
+    data_dir = Path(data_dir)
+    train = load_split(data_dir / "train.pt").to(device)
+    val = load_split(data_dir / "val.pt").to(device)
+    norm = Normalizer(**read_stats(data_dir))
+    model = create_model(name).to(device)
+    model_cfg = cfg.model(name)
+    amp = cfg.amp and device.type == "cuda"
+    with tracking.tracked_run(cfg.data.dataset, name, cfg.run_params(name),
+                              tracking.run_tags(cfg.data.dataset, device)):
+        history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
+                      on_epoch=tracking.log_epoch)
+        save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        last = history[-1]
+        write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
+        write_csv(history_path, [r.row() for r in history])
+        fig = loss_curve(history, f"{name} on {cfg.data.dataset}")
+        tracking.log_figure(fig, "loss_curve.png")
+        tracking.log_model(model, weights_path)
+    return history

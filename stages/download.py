@@ -1,0 +1,20 @@
+"""DVC stage download: the raw IDX files of data.dataset into OUT_DIR, verified."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
+
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.datasets import DATASETS  # noqa: E402
+from mnistflow.download import fetch  # noqa: E402
+from mnistflow.errors import run_stage  # noqa: E402
+
+
+def main() -> None:
+    (out_dir,) = sys.argv[1:]
+    cfg = load_config()
+    fetch(DATASETS[cfg.data.dataset], cfg.data.mirror, Path(out_dir))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,21 @@
+"""DVC stage preprocess: RAW_DIR -> train/val/test tensors, stats and crop variants in OUT_DIR."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
+
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.datasets import DATASETS  # noqa: E402
+from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.splits import preprocess  # noqa: E402
+
+
+def main() -> None:
+    raw_dir, out_dir = sys.argv[1:]
+    cfg = load_config()
+    preprocess(Path(raw_dir), DATASETS[cfg.data.dataset], cfg.data.val_size, cfg.seed,
+               cfg.variants, Path(out_dir))
+
+
+if __name__ == "__main__":
+    run_stage(main)

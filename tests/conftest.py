@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny learnable IDX datasets and a copy of the project in a temp git repo."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a clean clone holds that the pipeline needs.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
+                 "stages", "src"]
+
+
+def write_idx(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0, gz: bool = True) -> Path:
+    """Write a tiny learnable dataset in the MNIST IDX format: class k lights up band k."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k: 6 + 2 * k, 4:24] = 255  # a bright band whose row depends on the class
+        files = {
+            f"{prefix}-images-idx3-ubyte": _idx_bytes(2051, images),
+            f"{prefix}-labels-idx1-ubyte": _idx_bytes(2049, labels),
+        }
+        for name, data in files.items():
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+def _idx_bytes(magic: int, array: np.ndarray) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+@pytest.fixture(scope="session")
+def tiny_mirror(tmp_path_factory) -> Path:
+    return write_idx(tmp_path_factory.mktemp("mirror") / "mnist")
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def pipeline_env() -> dict:
+    """The environment a user's shell would have: the venv first on PATH, no overrides."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def make_project(dest: Path, mirror: Path, **train_overrides) -> Path:
+    """Copy the project into `dest` as a fresh git repo, with params shrunk for tiny data."""
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"].update(dataset="mnist", mirror=str(mirror), val_size=100)
+    for model in params["train"]["models"]:
+        params["train"][model].update(epochs=1, batch_size=64)
+    for key, value in train_overrides.items():
+        params["train"][key].update(value)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = pipeline_env()
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "project under test"], dest, env)
+    return dest

@@ -1,0 +1,90 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnistflow.config import SCHEDULERS, load_config, parse_config
+from mnistflow.errors import ConfigError
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+def with_change(path: str, value):
+    raw = copy.deepcopy(PARAMS)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+def test_the_project_params_are_valid():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert cfg.models == ("mlp", "cnn", "lenet")
+    assert cfg.data.dataset == "fashion_mnist"
+    assert set(cfg.variants) == {"crop22", "crop18"}
+    params = cfg.run_params("cnn")
+    assert params["train.cnn.lr"] == cfg.model("cnn").lr
+    assert params["train.cnn.scheduler.name"] == cfg.model("cnn").scheduler.name
+    assert params["data.dataset"] == "fashion_mnist" and params["seed"] == cfg.seed
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("train.cnn.lrr", 0.1, "unknown key 'train.cnn.lrr'; did you mean 'train.cnn.lr'?"),
+    ("datta", {}, "unknown key 'datta'; did you mean 'data'?"),
+    ("train.cnn.lr", 0, "train.cnn.lr: 0.0 is out of range; it must be > 0.0"),
+    ("train.cnn.lr", -0.1, "train.cnn.lr: -0.1 is out of range"),
+    ("train.cnn.lr", "fast", "train.cnn.lr: 'fast' must be a number > 0.0"),
+    ("train.mlp.epochs", 0, "train.mlp.epochs: 0 is out of range; it must be >= 1"),
+    ("train.mlp.epochs", 2.5, "train.mlp.epochs: 2.5 must be an integer >= 1"),
+    ("train.lenet.batch_size", 0, "train.lenet.batch_size: 0 is out of range; it must be >= 1"),
+    ("train.cnn.optimizer", "adamw", "train.cnn.optimizer: unknown value 'adamw'; did you mean 'adam'?"),
+    ("train.cnn.scheduler", {"name": "cosin"}, "train.cnn.scheduler.name: unknown value 'cosin'; did you mean 'cosine'?"),
+    ("train.cnn.scheduler", {"name": "cosine", "step_size": 3},
+     "train.cnn.scheduler.step_size does not apply to scheduler 'cosine' (it takes: eta_min)"),
+    ("train.cnn.scheduler", {"name": "multistep", "milestones": [5, 3]}, "must be strictly increasing"),
+    ("train.cnn.scheduler", {"name": "step", "gamma": 1.5}, "train.cnn.scheduler.gamma: 1.5 is out of range"),
+    ("train.models", ["mlp", "resnet"], "train.models: unknown value 'resnet'"),
+    ("train.models", [], "train.models: [] must be a non-empty list"),
+    ("data.dataset", "cifar10", "data.dataset: unknown value 'cifar10'"),
+    ("data.val_size", 0, "data.val_size: 0 is out of range"),
+    ("device", "gpu", "device: unknown value 'gpu'"),
+    ("train.amp", "yes", "train.amp: 'yes' must be true or false"),
+    ("preprocess.variants", {"crop40": {"crop": 40}},
+     "preprocess.variants.crop40.crop: 40 is larger than the 28x28 image"),
+    ("preprocess.variants", {"test": {"crop": 20}}, "the name 'test' is taken by a data split"),
+    ("train.cnn.momentum", KeyError, "missing key 'train.cnn.momentum'"),
+])
+def test_bad_values_are_refused_with_the_key_and_what_is_allowed(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_change(path, value))
+    assert message in str(err.value)
+
+
+def test_a_listed_model_needs_its_section():
+    raw = with_change("train.lenet", KeyError)
+    with pytest.raises(ConfigError, match="train.models lists 'lenet' but there is no train.lenet section"):
+        parse_config(raw)
+
+
+def test_scheduler_defaults_fill_in_and_overrides_apply():
+    cfg = parse_config(with_change("train.cnn.scheduler", {"name": "step", "step_size": 3}))
+    assert cfg.model("cnn").scheduler.settings == {"step_size": 3, "gamma": SCHEDULERS["step"]["gamma"]}
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    # YAML 1.1 reads 1e-3 as a string; a user writing it means a number.
+    assert parse_config(with_change("train.cnn.lr", "1e-3")).model("cnn").lr == 0.001
+
+
+def test_missing_or_broken_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("seed: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "params.yaml")

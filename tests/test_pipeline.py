@@ -1,0 +1,134 @@
+"""End to end: the real `dvc repro` in a temporary git repo, a real MLflow sqlite store."""
+from __future__ import annotations
+
+import json
+import sys
+
+import mlflow
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from conftest import make_project, pipeline_env, run
+
+sys.path.insert(0, "src")
+from mnistflow.models import create_model  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+MODELS = ["mlp", "cnn", "lenet"]
+EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"}
+
+
+def dvc(project, *args):
+    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env())
+
+
+def client_for(project) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_of(client):
+    exp = client.get_experiment_by_name("mnist")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_mirror):
+    project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, mlp={"epochs": 2})
+    first = dvc(project, "repro")
+    return project, first
+
+
+def test_repro_writes_every_output(project):
+    project, first = project
+    for stage in ("download", "preprocess", *(f"train@{m}" for m in MODELS)):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert len(list((project / "data/raw/mnist/MNIST/raw").iterdir())) == 4
+    for name in ("train", "val", "test", "variants/crop22", "variants/crop18"):
+        split = torch.load(project / f"data/processed/{name}.pt", weights_only=True)
+        assert split["images"].dtype == torch.uint8 and split["images"].shape[1:] == (1, 28, 28)
+    assert json.loads((project / "data/processed/stats.json").read_text())["sizes"] == \
+        {"train": 500, "val": 100, "test": 200}
+    for model in MODELS:
+        metrics = json.loads((project / f"reports/train/{model}.json").read_text())
+        assert set(metrics) == {"train_loss", "train_acc", "val_loss", "val_acc"}
+        header, *rows = (project / f"reports/train/{model}.csv").read_text().splitlines()
+        assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_second"
+        assert len(rows) == (2 if model == "mlp" else 1)
+    # The tiny dataset is learnable: two epochs of the MLP must beat chance by far.
+    assert json.loads((project / "reports/train/mlp.json").read_text())["val_acc"] > 0.5
+    shown = dvc(project, "metrics", "show", "--json").stdout
+    assert "val_acc" in shown
+
+
+def test_each_model_has_a_complete_mlflow_run(project):
+    project, _ = project
+    client = client_for(project)
+    runs = runs_of(client)
+    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    for r in runs:
+        model = r.info.run_name
+        assert r.info.status == "FINISHED"
+        assert r.data.params[f"train.{model}.optimizer"] in ("sgd", "adam")
+        assert r.data.params[f"train.{model}.scheduler.name"] == "cosine"
+        assert r.data.params["data.dataset"] == "mnist" and r.data.params["seed"] == "0"
+        assert {"git_commit", "git_dirty", "dataset", "device", "torch_version", "model_md5"} <= set(r.data.tags)
+        assert r.data.tags["device"] == "cpu"
+        assert EPOCH_METRICS <= set(r.data.metrics)
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == ([1, 2] if model == "mlp" else [1])
+        assert "loss_curve.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_logged_model_predicts_like_the_weights_file(project, model):
+    project, _ = project
+    client = client_for(project)
+    (r,) = [r for r in runs_of(client) if r.info.run_name == model]
+    mlflow.set_tracking_uri(client.tracking_uri)
+    (logged,) = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id],
+                                            filter_string=f"source_run_id = '{r.info.run_id}'",
+                                            output_format="list")
+    from_mlflow = mlflow.pytorch.load_model(logged.model_uri)
+    net = create_model(model)
+    net.load_state_dict(torch.load(project / f"models/{model}.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(from_mlflow(x), net(x))
+
+
+def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
+    project, _ = project
+    client = client_for(project)
+    before = len(runs_of(client))
+    again = dvc(project, "repro")
+    assert "Running stage" not in again.stdout
+    assert len(runs_of(client)) == before
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["cnn"]["lr"] = 0.01
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc(project, "repro")
+    ran = [line for line in changed.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'train@cnn':"]
+    latest = runs_of(client)[-1]
+    assert len(runs_of(client)) == before + 1
+    assert latest.info.run_name == "cnn" and latest.data.params["train.cnn.lr"] == "0.01"
+
+
+def test_dvc_exp_run_temp_lands_in_the_same_store(project):
+    project, _ = project
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "cnn lr 0.01"], project, pipeline_env())
+    client = client_for(project)
+    before = len(runs_of(client))
+    dvc(project, "exp", "run", "--temp", "-S", "train.lenet.lr=0.002", "-n", "lenet-lr")
+    runs = runs_of(client)
+    assert len(runs) == before + 1
+    latest = runs[-1]
+    assert latest.info.run_name == "lenet" and latest.data.params["train.lenet.lr"] == "0.002"
+    assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
+    assert latest.info.status == "FINISHED"
+    assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
