@@ -8,12 +8,14 @@ from mnistflow.config import load_config  # noqa: E402
 from mnistflow.datasets import DATASETS  # noqa: E402
 from mnistflow.download import fetch  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.io import repo_root  # noqa: E402
 
 
 def main() -> None:
     (out_dir,) = sys.argv[1:]
     cfg = load_config()
-    fetch(DATASETS[cfg.data.dataset], cfg.data.mirror, Path(out_dir))
+    mirror = cfg.data.mirror and str(repo_root() / cfg.data.mirror)  # relative to the project
+    fetch(DATASETS[cfg.data.dataset], mirror, Path(out_dir))
 
 
 if __name__ == "__main__":

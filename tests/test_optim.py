@@ -10,7 +10,7 @@ from mnistflow.optim import build_optimizer, build_scheduler, step_scheduler
 def model_config(optimizer="sgd", scheduler="none", epochs=4, **settings):
     return ModelConfig(optimizer=optimizer, lr=0.1, momentum=0.9, weight_decay=0.0,
                        scheduler=SchedulerConfig(scheduler, {**SCHEDULERS[scheduler], **settings}),
-                       epochs=epochs, batch_size=8)
+                       epochs=epochs, batch_size=8, shift=0)
 
 
 TORCH_CLASS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta,

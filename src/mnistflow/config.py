@@ -49,6 +49,7 @@ class ModelConfig:
     scheduler: SchedulerConfig
     epochs: int
     batch_size: int
+    shift: int  # augmentation: random translation of each training image by up to this many pixels
 
     def flat(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scheduler"}
@@ -160,7 +161,7 @@ def parse_config(raw: Any) -> Config:
 
 
 def _model(raw: Any, key: str) -> ModelConfig:
-    names = ["optimizer", "lr", "momentum", "weight_decay", "scheduler", "epochs", "batch_size"]
+    names = ["optimizer", "lr", "momentum", "weight_decay", "scheduler", "epochs", "batch_size", "shift"]
     sec = _section(raw, key, names)
     return ModelConfig(
         optimizer=_choice(sec["optimizer"], f"{key}.optimizer", OPTIMIZERS),
@@ -170,7 +171,16 @@ def _model(raw: Any, key: str) -> ModelConfig:
         scheduler=_scheduler(sec["scheduler"], f"{key}.scheduler"),
         epochs=_int(sec["epochs"], f"{key}.epochs", 1),
         batch_size=_int(sec["batch_size"], f"{key}.batch_size", 1),
+        shift=_shift(sec["shift"], f"{key}.shift"),
     )
+
+
+def _shift(value: Any, key: str) -> int:
+    shift = _int(value, key, 0)
+    if shift >= IMAGE_SIZE // 2:
+        raise ConfigError(f"{key}: {shift} would move the image out of its {IMAGE_SIZE}x{IMAGE_SIZE} frame; "
+                          f"allowed 0..{IMAGE_SIZE // 2 - 1}")
+    return shift
 
 
 def _scheduler(raw: Any, key: str) -> SchedulerConfig:

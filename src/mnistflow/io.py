@@ -13,6 +13,13 @@ from typing import Iterator
 import torch
 
 
+def repo_root() -> Path:
+    """The project's root. Under `dvc exp run --temp/--queue` a stage runs in a copy
+    inside .dvc/tmp/exps; DVC then points DVC_ROOT at the real repo, so every run
+    lands in the one MLflow store and relative paths mean what the user meant."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success."""
@@ -46,8 +53,11 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def save_torch(path: str | Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a buffer: torch.save names the archive inside after the file it writes,
+    # and a random temporary name would make identical tensors differ byte for byte.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def load_torch(path: str | Path):

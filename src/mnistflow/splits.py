@@ -68,12 +68,30 @@ def make_variant(test: Split, name: str, variant: VariantConfig, seed: int) -> S
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     tops = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
     lefts = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
-    rows = (tops[:, None] + torch.arange(crop))[:, :, None]    # (N,crop,1)
-    cols = (lefts[:, None] + torch.arange(crop))[:, None, :]   # (N,1,crop)
-    n = torch.arange(len(test))[:, None, None]
-    crops = test.images[:, 0][n, rows, cols].unsqueeze(1)  # (N,1,crop,crop), one window per image
+    crops = crop_windows(test.images, tops, lefts, crop)
     images = TF.resize(crops, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
     return Split(images.contiguous(), test.labels.clone())
+
+
+def crop_windows(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: int) -> torch.Tensor:
+    """One size x size window per image of a (N,1,H,W) batch, at its own (top, left); on any device."""
+    tops, lefts = tops.to(images.device), lefts.to(images.device)
+    span = torch.arange(size, device=images.device)
+    rows = (tops[:, None] + span)[:, :, None]    # (N,size,1)
+    cols = (lefts[:, None] + span)[:, None, :]   # (N,1,size)
+    n = torch.arange(len(images), device=images.device)[:, None, None]
+    return images[:, 0][n, rows, cols].unsqueeze(1)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to max_shift pixels each way, filling with black (augmentation)."""
+    if max_shift == 0:
+        return images
+    n, size = len(images), images.shape[-1]
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    tops = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    lefts = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    return crop_windows(padded, tops, lefts, size)
 
 
 def pixel_stats(train: Split) -> dict[str, float]:

@@ -9,21 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mnistflow.io import repo_root
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
 
-import mlflow  # noqa: E402
+import mlflow  # noqa: E402, I001
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def repo_root() -> Path:
-    """The project's root. Under `dvc exp run --temp/--queue` the stage runs in a copy
-    inside .dvc/tmp/exps; DVC then points DVC_ROOT at the real repo, so every run
-    lands in the one store."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri() -> str:

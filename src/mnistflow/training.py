@@ -20,7 +20,7 @@ from mnistflow.io import save_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.optim import build_optimizer, build_scheduler, step_scheduler
 from mnistflow.plots import loss_curve
-from mnistflow.splits import Split, load_split, read_stats
+from mnistflow.splits import Split, load_split, random_shift, read_stats
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 1000
@@ -91,7 +91,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
                    disable=not show_bar, leave=False)
         for i, b in enumerate(bar):
             idx = order[b:b + cfg.batch_size]
-            x, y = norm(train.images[idx]), train.labels[idx]
+            x, y = norm(random_shift(train.images[idx], cfg.shift, gen)), train.labels[idx]
             with autocast(device, amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
