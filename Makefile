@@ -11,7 +11,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup repro test ui system-data
+.PHONY: setup repro test ui system-data browser
 
 setup: $(VENV)/.installed system-data
 
@@ -25,13 +25,23 @@ $(VENV)/.installed: requirements.txt
 system-data:
 	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing dataset-fashion-mnist (Debian's copy of Fashion-MNIST)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+			|| echo "could not install dataset-fashion-mnist: set data.mirror in params.yaml instead"; \
+	fi
+
+# Headless Chromium for the report-page test; only where we are root with apt-get
+# (the test says why it is skipped elsewhere).
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (for the report-page test)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+			|| echo "could not install chromium: the report-page test will be skipped"; \
 	fi
 
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 # The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise.

@@ -1,7 +1,10 @@
 """End to end: the real `dvc repro` in a temporary git repo, a real MLflow sqlite store."""
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 import sys
 
 import mlflow
@@ -42,7 +45,8 @@ def project(tmp_path_factory, tiny_mirror):
 
 def test_repro_writes_every_output(project):
     project, first = project
-    for stage in ("download", "preprocess", *(f"train@{m}" for m in MODELS)):
+    for stage in ("download", "preprocess", *(f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS),
+                  "visualize"):
         assert f"Running stage '{stage}'" in first.stdout
     assert len(list((project / "data/raw/mnist/MNIST/raw").iterdir())) == 4
     for name in ("train", "val", "test", "variants/crop22", "variants/crop18"):
@@ -99,6 +103,109 @@ def test_logged_model_predicts_like_the_weights_file(project, model):
         torch.testing.assert_close(from_mlflow(x), net(x))
 
 
+def test_evaluation_outputs_and_figures(project):
+    project, _ = project
+    for model in MODELS:
+        report = json.loads((project / f"reports/eval/{model}.json").read_text())
+        assert list(report) == ["test", "crop22", "crop18"]
+        for metrics in report.values():
+            assert set(metrics) == {"loss", "acc", "macro_acc", "macro_f1"}
+            assert 0 <= metrics["acc"] <= 1
+        per_class = json.loads((project / f"reports/eval/{model}.per_class.json").read_text())
+        assert list(per_class["test"]) == [str(d) for d in range(10)]
+        for set_name in report:
+            header, *rows = (project / f"reports/eval/{model}/confusion_{set_name}.csv").read_text().splitlines()
+            assert header == "actual,predicted" and len(rows) == 200
+    assert json.loads((project / "reports/eval/mlp.json").read_text())["test"]["acc"] > 0.5
+    figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
+        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "weights", "predictions")} | {
+        "feature_maps_cnn.png", "feature_maps_lenet.png"}
+    assert {p.name for p in (project / "reports/figures").iterdir()} == figures
+    for name in figures:
+        data = (project / "reports/figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+    metric_names = dvc(project, "metrics", "show", "--json").stdout
+    assert "crop22" in metric_names and "macro_f1" in metric_names
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    assert not plots.get("errors")
+    assert "Loss per epoch" in plots["data"] and "reports/eval/cnn/confusion_test.csv" in plots["data"]
+
+
+def test_each_run_holds_training_and_evaluation_metrics_and_figures(project):
+    project, _ = project
+    client = client_for(project)
+    for r in runs_of(client):
+        metrics = set(r.data.metrics)
+        assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss"} <= metrics
+        artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
+        assert "confusion_test.png" in artifacts and "figures" in artifacts
+        figures = [a.path for a in client.list_artifacts(r.info.run_id, "figures")]
+        assert f"figures/predictions_{r.info.run_name}.png" in figures and "figures/robustness.png" in figures
+
+
+def test_evaluation_is_byte_identical_when_run_again(project):
+    project, _ = project
+    before = {p: p.read_bytes() for p in sorted((project / "reports/eval").rglob("*")) if p.is_file()}
+    forced = dvc(project, "repro", "--force", "--single-item", *(f"evaluate@{m}" for m in MODELS))
+    assert forced.stdout.count("Running stage 'evaluate@") == 3
+    after = {p: p.read_bytes() for p in sorted((project / "reports/eval").rglob("*")) if p.is_file()}
+    assert list(after) == list(before)
+    assert [p for p in before if before[p] != after[p]] == []
+    assert "Running stage" not in dvc(project, "repro").stdout
+
+
+def test_evaluation_without_the_training_run_logs_to_a_new_run(project, tmp_path):
+    project, _ = project
+    # A store that never saw the training (as after deleting mlruns/), chosen the documented way.
+    other = tmp_path / "other" / "mlflow.db"
+    env = {**pipeline_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{other}"}
+    out = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@lenet"], project, env)
+    assert "no MLflow run holds lenet" in out.stdout + out.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{other}")
+    (r,) = runs_of(client)
+    assert r.data.tags["evaluation_only"] == "true" and "test_acc" in r.data.metrics
+    assert "confusion_test.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+    assert (tmp_path / "other" / "artifacts").is_dir()  # artifacts beside that store, not in the project
+    assert "Running stage" not in dvc(project, "repro").stdout
+
+
+def test_report_page_renders_offline_in_headless_chromium(project, tmp_path):
+    project, _ = project
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it where it runs as root with apt-get)")
+    page = (project / "reports/index.html").read_text()
+    assert "http" not in page.replace(tracking_ui(), "")  # nothing from the network
+    # A copy beside the original (so relative image paths resolve) that reports what loaded.
+    probe = page.replace("</body>", """<script>
+window.addEventListener("load", () => {
+  const pre = document.createElement("pre"); pre.id = "probe";
+  pre.textContent = JSON.stringify({
+    images: [...document.images].map(i => [i.getAttribute("src"), i.naturalWidth]),
+    rows: document.querySelectorAll("#accuracy tr").length});
+  document.body.appendChild(pre);
+});
+</script></body>""")
+    check = project / "reports" / ".probe.html"
+    check.write_text(probe)
+    try:
+        dom = run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000",
+                   "--dump-dom", check.as_uri()], project).stdout
+    finally:
+        check.unlink()
+    result = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
+    assert len(result["images"]) == 14
+    assert [src for src, width in result["images"] if width == 0] == []
+    assert result["rows"] == 1 + len(MODELS)
+
+
+def tracking_ui():
+    from mnistflow.tracking import UI_URL
+    return UI_URL
+
+
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     project, _ = project
     client = client_for(project)
@@ -112,7 +219,7 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     ran = [line for line in changed.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'train@cnn':"]
+    assert ran == ["Running stage 'train@cnn':", "Running stage 'evaluate@cnn':", "Running stage 'visualize':"]
     latest = runs_of(client)[-1]
     assert len(runs_of(client)) == before + 1
     assert latest.info.run_name == "cnn" and latest.data.params["train.cnn.lr"] == "0.01"

@@ -26,7 +26,7 @@ def test_store_follows_dvc_root_and_artifacts_are_absolute(store, tmp_path, monk
 
 
 def test_environment_overrides_the_store(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")  # a tracking server
     assert tracking.tracking_uri() == "http://127.0.0.1:5999"
 
 

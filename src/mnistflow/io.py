@@ -41,7 +41,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    # Insertion order, not sorted: it is deterministic, and reads as written (test before crop22).
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
@@ -50,6 +51,13 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_bytes(path, buf.getvalue().encode())
+
+
+def write_figure(path: str | Path, fig) -> None:
+    """A matplotlib Figure as PNG, without the version stamp, so equal figures are equal files."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    write_bytes(path, buf.getvalue())
 
 
 def save_torch(path: str | Path, obj) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # headless; figures are built as Figure objects, never through pyplot's global state
+import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -24,4 +25,93 @@ def loss_curve(history, title: str) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return fig
+
+
+def confusion_matrix(confusion, classes: list[str], title: str) -> Figure:
+    """Row-normalized confusion matrix: each row shows where one true class went."""
+    counts = np.asarray(confusion, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    fig = Figure(figsize=(7, 6), layout="tight")
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in ticks:
+        for j in ticks:
+            if norm[i, j] >= 0.005:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    return fig
+
+
+def image_grid(images, titles: list[str], title: str, colors: list[str] | None = None,
+               columns: int = 4, cmap: str = "gray") -> Figure:
+    """A grid of single-channel images, each with its title (the tutorials' first look at data)."""
+    rows = -(-len(images) // columns)
+    fig = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="tight")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax, image, label, color in zip(axes, images, titles, colors or ["black"] * len(titles)):
+        ax.imshow(np.asarray(image), cmap=cmap)
+        ax.set_title(label, color=color, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig
+
+
+def loss_curves(histories: dict[str, list[dict]]) -> Figure:
+    """Train (dashed) and validation (solid) loss and accuracy of every model on shared axes."""
+    fig = Figure(figsize=(12, 4.5), layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (model, rows) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = [int(r["epoch"]) for r in rows]
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+            ax.plot(epochs, [float(r[f"train_{key}"]) for r in rows], "--", color=color, label=f"{model} train")
+            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "-", color=color, label=f"{model} val")
+    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Loss and accuracy per epoch")
+    return fig
+
+
+def feature_maps(image, kernel, output, pooled, title: str) -> Figure:
+    """An input image, one first-layer filter, its output and the max-pooled output."""
+    fig = Figure(figsize=(12, 3.4), layout="tight")
+    panels = (("input", image), ("conv1 filter", kernel), ("filter output", output), ("max-pooled", pooled))
+    for ax, (label, data) in zip(fig.subplots(1, 4), panels):
+        ax.imshow(np.asarray(data), cmap="gray")
+        ax.set_title(f"{label} {tuple(np.asarray(data).shape)}")
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig
+
+
+def robustness(accuracy: dict[str, dict[str, float]]) -> Figure:
+    """Accuracy of every model (group) on every set (bar)."""
+    models = list(accuracy)
+    sets = list(next(iter(accuracy.values())))
+    width = 0.8 / len(sets)
+    fig = Figure(figsize=(8, 4.5), layout="tight")
+    ax = fig.subplots()
+    for j, set_name in enumerate(sets):
+        xs = [i + (j - (len(sets) - 1) / 2) * width for i in range(len(models))]
+        bars = ax.bar(xs, [accuracy[m][set_name] for m in models], width, label=set_name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.legend(title="test set")
+    ax.set_title("Robustness: accuracy on the clean test set and its crop variants")
     return fig

@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,19 +17,26 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; ne
 import mlflow  # noqa: E402, I001
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mlflow.entities import RunStatus  # noqa: E402
+from mlflow.entities import Metric, RunStatus  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+UI_URL = "http://127.0.0.1:5000"  # where `make ui` serves the MLflow UI
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
 
 
+def _sqlite_path() -> Path:
+    return Path(tracking_uri().removeprefix("sqlite:///")).resolve()
+
+
 def use_store() -> None:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_path().parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
 
 
@@ -39,9 +47,9 @@ def experiment_id(name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
+    location = None  # a tracking server decides for itself
     if tracking_uri().startswith("sqlite:///"):
-        location = (repo_root() / "mlruns" / "artifacts").as_uri()
+        location = (_sqlite_path().parent / "artifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
@@ -112,3 +120,48 @@ def log_model(model: torch.nn.Module, weights_path: Path) -> None:
     signature = mlflow.models.infer_signature(example, output)
     mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
     mlflow.set_tag("model_md5", file_md5(weights_path))
+
+
+def find_training_run(experiment: str, model: str, model_md5: str):
+    """The latest run that produced these exact weights, found by the md5 tag, so no MLflow
+    id ever needs to be written into DVC-tracked outputs. None when the store lacks it."""
+    use_store()
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1,
+                              filter_string=f"tags.model_md5 = '{model_md5}' and attributes.run_name = '{model}'",
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def run_for_model(experiment: str, model: str, model_md5: str) -> str:
+    """The id of the run holding these weights; when the store lost it (deleted, or the
+    outputs came from DVC's run-cache), a new run tagged evaluation_only, and we say so."""
+    run = find_training_run(experiment, model, model_md5)
+    if run is not None:
+        return run.info.run_id
+    log.warning("no MLflow run holds %s with model_md5 %s; logging to a new evaluation-only run",
+                model, model_md5)
+    client = mlflow.MlflowClient()
+    new = client.create_run(experiment_id(experiment), run_name=model,
+                            tags={"model_md5": model_md5, "evaluation_only": "true", **git_state()})
+    client.set_terminated(new.info.run_id)
+    return new.info.run_id
+
+
+def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict, figures: dict) -> str:
+    """Add evaluation metrics and figures to the model's run without reopening it."""
+    run_id = run_for_model(experiment, model, model_md5)
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for name, fig in figures.items():
+        client.log_figure(run_id, fig, name)
+    return run_id
+
+
+def log_artifacts(run_id: str, paths: list[Path], folder: str) -> None:
+    client = mlflow.MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), folder)

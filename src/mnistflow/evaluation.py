@@ -1,0 +1,91 @@
+"""The evaluate stage: torchmetrics on the clean test set and on every variant."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from mnistflow import tracking
+from mnistflow.config import Config
+from mnistflow.datasets import DATASETS
+from mnistflow.device import select_device, set_determinism
+from mnistflow.errors import DataError
+from mnistflow.io import load_torch, write_csv, write_json
+from mnistflow.models import create_model
+from mnistflow.plots import confusion_matrix
+from mnistflow.splits import NUM_CLASSES, Split, load_split, read_stats
+from mnistflow.training import EVAL_BATCH, Normalizer
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, norm: Normalizer) -> tuple[torch.Tensor, float]:
+    """Predicted classes of a split (on its device) and the mean cross-entropy."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for start in range(0, len(split), EVAL_BATCH):
+        logits = model(norm(split.images[start:start + EVAL_BATCH])).float()
+        loss_sum += F.cross_entropy(logits, split.labels[start:start + EVAL_BATCH], reduction="sum").item()
+        preds.append(logits.argmax(1))
+    return torch.cat(preds), loss_sum / len(split)
+
+
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy (micro), macro accuracy and macro F1 over the classes that occur, per-class
+    accuracy (None for a class with no samples: undefined, not 0) and the confusion matrix."""
+    n = len(classes)
+    per_class = MulticlassAccuracy(num_classes=n, average=None).to(preds.device)(preds, labels)
+    support = torch.bincount(labels, minlength=n)
+    confusion = MulticlassConfusionMatrix(num_classes=n).to(preds.device)(preds, labels)
+    return {
+        "acc": _r(MulticlassAccuracy(num_classes=n, average="micro").to(preds.device)(preds, labels)),
+        "macro_acc": _r(MulticlassAccuracy(num_classes=n, average="macro").to(preds.device)(preds, labels)),
+        "macro_f1": _r(MulticlassF1Score(num_classes=n, average="macro").to(preds.device)(preds, labels)),
+        "per_class_acc": {c: (_r(a) if s > 0 else None) for c, a, s in zip(classes, per_class, support)},
+        "confusion": confusion.cpu().tolist(),
+    }
+
+
+def _r(x) -> float:
+    return round(float(x), 6)
+
+
+def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
+                   metrics_path: Path, per_class_path: Path, confusion_dir: Path) -> dict:
+    """The evaluate stage for one model, per set: metrics to `metrics_path`, per-class accuracy
+    to `per_class_path`, a confusion CSV into `confusion_dir`; the same numbers into its MLflow run."""
+    device = select_device(cfg.device)
+    set_determinism(cfg.seed, cfg.deterministic)
+    model = create_model(name)
+    try:
+        model.load_state_dict(load_torch(weights))
+    except FileNotFoundError:
+        raise DataError(f"{weights}: not found; run the train stage for {name} first") from None
+    model.to(device)
+    norm = Normalizer(**read_stats(data_dir))
+    classes = list(DATASETS[cfg.data.dataset].classes)
+    sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.variants}}
+    report, figures = {}, {}
+    for set_name, path in sets.items():
+        split = load_split(path).to(device)
+        preds, loss = predict(model, split, norm)
+        metrics = classification_metrics(preds, split.labels, classes)
+        confusion = metrics.pop("confusion")
+        report[set_name] = {"loss": _r(loss), **metrics}
+        write_csv(Path(confusion_dir) / f"confusion_{set_name}.csv",
+                  [{"actual": classes[a], "predicted": classes[p]}
+                   for a, p in zip(split.labels.tolist(), preds.tolist())])
+        figures[f"confusion_{set_name}.png"] = confusion_matrix(confusion, classes, f"{name}: {set_name}")
+        log.info("%s on %s: acc %.4f macro_f1 %.4f loss %.4f", name, set_name,
+                 metrics["acc"], metrics["macro_f1"], loss)
+    # Per-class accuracy beside the metrics, not in them: dvc metrics show stays a models x sets table.
+    write_json(per_class_path, {s: m.pop("per_class_acc") for s, m in report.items()})
+    write_json(metrics_path, report)
+    flat = {f"{s}_{k}": v for s, m in report.items() for k, v in m.items()}
+    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), flat, figures)
+    return report

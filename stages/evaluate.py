@@ -1,0 +1,19 @@
+"""DVC stage evaluate@MODEL: WEIGHTS on the test set and every variant -> METRICS, PER_CLASS (json), CONFUSION_DIR."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
+
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.evaluation import evaluate_model  # noqa: E402
+
+
+def main() -> None:
+    model, weights, data_dir, metrics, per_class, confusion_dir = sys.argv[1:]
+    evaluate_model(load_config(), model, Path(weights), Path(data_dir), Path(metrics), Path(per_class),
+                   Path(confusion_dir))
+
+
+if __name__ == "__main__":
+    run_stage(main)

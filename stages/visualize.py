@@ -1,0 +1,18 @@
+"""DVC stage visualize: figures for every model into FIGURES_DIR, and the report page INDEX."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
+
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.visualize import visualize  # noqa: E402
+
+
+def main() -> None:
+    data_dir, models_dir, train_dir, eval_dir, figures_dir, index = map(Path, sys.argv[1:])
+    visualize(load_config(), data_dir, models_dir, train_dir, eval_dir, figures_dir, index)
+
+
+if __name__ == "__main__":
+    run_stage(main)
