@@ -13,6 +13,10 @@ from typing import Iterator
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def repo_root() -> Path:
     """The project's root. Under `dvc exp run --temp/--queue` a stage runs in a copy
     inside .dvc/tmp/exps; DVC then points DVC_ROOT at the real repo, so every run
@@ -29,6 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
