@@ -11,7 +11,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup repro test ui system-data browser
+.PHONY: setup repro test ui system-data browser repro-check lineage restore
 
 setup: $(VENV)/.installed system-data
 
@@ -43,6 +43,17 @@ repro: setup
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+# The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
+repro-check: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.reprocheck
+
+# Lineage of an MLflow run: `make lineage RUN=<run id>`; `make restore RUN=<run id> DEST=<new dir>`.
+lineage: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.lineage show $(RUN)
+
+restore: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.lineage restore $(RUN) $(DEST)
 
 # The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise.
 ui: setup

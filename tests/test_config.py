@@ -59,6 +59,7 @@ def test_the_project_params_are_valid():
      "preprocess.variants.crop40.crop: 40 is larger than the 28x28 image"),
     ("preprocess.variants", {"test": {"crop": 20}}, "the name 'test' is taken by a data split"),
     ("train.cnn.momentum", KeyError, "missing key 'train.cnn.momentum'"),
+    ("visualize.dpi", 0, "visualize.dpi: 0 is out of range; it must be >= 20"),
 ])
 def test_bad_values_are_refused_with_the_key_and_what_is_allowed(path, value, message):
     with pytest.raises(ConfigError) as err:

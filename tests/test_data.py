@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from conftest import write_idx
+from mnistflow.synthetic import write_idx
 from mnistflow.config import VariantConfig
 from mnistflow.datasets import DATASETS, FILES
 from mnistflow.download import fetch, raw_folder

@@ -13,7 +13,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import make_project, pipeline_env, run
+from conftest import ROOT, make_project, pipeline_env, run
 
 sys.path.insert(0, "src")
 from mnistflow.models import create_model  # noqa: E402
@@ -40,7 +40,11 @@ def runs_of(client):
 def project(tmp_path_factory, tiny_mirror):
     project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, mlp={"epochs": 2})
     first = dvc(project, "repro")
+    FIRST_CNN.append((project / "models/cnn.pt").read_bytes())
     return project, first
+
+
+FIRST_CNN: list[bytes] = []  # the weights of the first training of cnn, for the restore test
 
 
 def test_repro_writes_every_output(project):
@@ -58,7 +62,7 @@ def test_repro_writes_every_output(project):
         metrics = json.loads((project / f"reports/train/{model}.json").read_text())
         assert set(metrics) == {"train_loss", "train_acc", "val_loss", "val_acc"}
         header, *rows = (project / f"reports/train/{model}.csv").read_text().splitlines()
-        assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_second"
+        assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr"  # no timings: byte-reproducible
         assert len(rows) == (2 if model == "mlp" else 1)
     # The tiny dataset is learnable: two epochs of the MLP must beat chance by far.
     assert json.loads((project / "reports/train/mlp.json").read_text())["val_acc"] > 0.5
@@ -239,3 +243,50 @@ def test_dvc_exp_run_temp_lands_in_the_same_store(project):
     assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
     assert latest.info.status == "FINISHED"
     assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
+
+
+def test_visualization_and_variant_changes_retrain_nothing(project):
+    project, _ = project
+
+    def change(section, key, value):
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params[section][key] = value
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = dvc(project, "repro").stdout
+        return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+
+    assert change("visualize", "dpi", 60) == ["visualize"]
+    variants = {"crop22": {"crop": 22}, "crop18": {"crop": 18}, "crop24": {"crop": 24}}
+    ran = change("preprocess", "variants", variants)
+    assert ran == ["preprocess", "evaluate@mlp", "evaluate@cnn", "evaluate@lenet", "visualize"]
+    assert "crop24" in json.loads((project / "reports/eval/cnn.json").read_text())
+
+
+def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
+    project, _ = project
+    client = client_for(project)
+    first_cnn = [r for r in runs_of(client) if r.info.run_name == "cnn"][0]
+    assert first_cnn.data.params["train.cnn.lr"] != "0.01"  # trained before the lr change
+    assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]  # the workspace moved on
+    env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
+    shown = run([sys.executable, "-m", "mnistflow.lineage", "show", first_cnn.info.run_id], project, env).stdout
+    assert f"model md5    {first_cnn.data.tags['model_md5']}" in shown
+    assert "stage train@cnn" in shown and "data/processed/train.pt" in shown and "param train.cnn" in shown
+    dest = tmp_path / "restored"
+    run([sys.executable, "-m", "mnistflow.lineage", "restore", first_cnn.info.run_id, str(dest)], project, env)
+    assert (dest / "models/cnn.pt").read_bytes() == FIRST_CNN[0]
+    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["cnn"]["lr"] == \
+        float(first_cnn.data.params["train.cnn.lr"])
+    assert "dvc.md5.data/processed/train.pt" in first_cnn.data.tags
+
+    # When the cache no longer holds the model, say so and how to get it.
+    cached = project / ".dvc/cache/files/md5" / first_cnn.data.tags["model_md5"][:2] / \
+        first_cnn.data.tags["model_md5"][2:]
+    cached.rename(tmp_path / "saved")
+    try:
+        failed = run([sys.executable, "-m", "mnistflow.lineage", "restore", first_cnn.info.run_id,
+                      str(tmp_path / "again")], project, env, check=False)
+    finally:
+        (tmp_path / "saved").rename(cached)
+    assert failed.returncode == 1
+    assert "no longer holds the model" in failed.stderr and "dvc pull" in failed.stderr

@@ -79,6 +79,7 @@ class Config:
     amp: bool  # mixed precision on CUDA
     deterministic: bool
     model_configs: dict[str, ModelConfig]
+    dpi: int  # resolution of the visualize stage's figures
 
     def model(self, name: str) -> ModelConfig:
         return self.model_configs[name]
@@ -112,7 +113,8 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 def parse_config(raw: Any) -> Config:
     from mnistflow.models import model_names  # the registry decides which model sections exist
 
-    top = _section(raw, "", ["seed", "device", "data", "preprocess", "train"])
+    top = _section(raw, "", ["seed", "device", "data", "preprocess", "train", "visualize"])
+    vis = _section(top["visualize"], "visualize", ["dpi"])
     data = _section(top["data"], "data", ["dataset", "mirror", "val_size"])
     pre = _section(top["preprocess"], "preprocess", ["variants"])
     registered = model_names()
@@ -157,6 +159,7 @@ def parse_config(raw: Any) -> Config:
         amp=_bool(train["amp"], "train.amp"),
         deterministic=_bool(train["deterministic"], "train.deterministic"),
         model_configs={name: _model(train[name], f"train.{name}") for name in registered if name in train},
+        dpi=_int(vis["dpi"], "visualize.dpi", 20),
     )
 
 

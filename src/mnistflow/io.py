@@ -58,10 +58,10 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
     write_bytes(path, buf.getvalue().encode())
 
 
-def write_figure(path: str | Path, fig) -> None:
+def write_figure(path: str | Path, fig, dpi: int = 100) -> None:
     """A matplotlib Figure as PNG, without the version stamp, so equal figures are equal files."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     write_bytes(path, buf.getvalue())
 
 

@@ -165,3 +165,8 @@ def log_artifacts(run_id: str, paths: list[Path], folder: str) -> None:
     client = mlflow.MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), folder)
+
+
+def log_lineage(entries: dict, tags: dict, artifact: str) -> None:
+    mlflow.log_dict(entries, artifact)
+    mlflow.set_tags(tags)

@@ -91,7 +91,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
             figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
         per_model[name] = figs
     for name, fig in [*shared.items(), *(kv for figs in per_model.values() for kv in figs.items())]:
-        write_figure(figures_dir / name, fig)
+        write_figure(figures_dir / name, fig, cfg.dpi)
 
     runs = {}
     for name in cfg.models:

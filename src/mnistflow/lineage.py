@@ -1,0 +1,158 @@
+"""Lineage both ways: what a training run was made from, recorded into MLflow as DVC would
+write it into dvc.lock; and, from an MLflow run id, that state restored or described.
+
+    python -m mnistflow.lineage show RUN_ID
+    python -m mnistflow.lineage restore RUN_ID DEST
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from mnistflow import tracking
+from mnistflow.errors import MnistflowError, run_stage
+from mnistflow.io import repo_root
+
+log = logging.getLogger(__name__)
+LINEAGE_ARTIFACT = "lineage.json"
+
+
+def lock_entries(stage_name: str, root: Path | str = ".") -> dict[str, dict]:
+    """dvc.lock entries of `stage_name` and every stage upstream of it, hashed now by DVC
+    itself (the state DVC will write when the stage ends; it has not written it yet)."""
+    from dvc.repo import Repo
+    from dvc.stage.serialize import to_single_stage_lockfile
+
+    with Repo(str(root)) as repo:
+        entries = {}
+        for stage in repo.stage.collect(stage_name, with_deps=True):
+            stage.save()
+            entries[stage.addressing] = to_single_stage_lockfile(stage)
+    return entries
+
+
+def record() -> None:
+    """Into the active MLflow run: the stage's lock entries (artifact) and their dep/out md5s
+    (tags). Outside DVC (a stage script run by hand) there is no stage to describe."""
+    stage_name = os.environ.get("DVC_STAGE")
+    if not stage_name:
+        log.info("not run by DVC: no lineage recorded")
+        return
+    entries = lock_entries(stage_name, Path.cwd())
+    tags = {"dvc_stage": stage_name, "dvc_root": str(repo_root())}
+    for entry in entries.values():
+        for item in entry.get("deps", []) + entry.get("outs", []):
+            tags[f"dvc.md5.{item['path']}"] = item["md5"]
+    tracking.log_lineage(entries, tags, LINEAGE_ARTIFACT)
+    log.info("lineage of %s recorded (%d stages)", stage_name, len(entries))
+
+
+def describe(run_id: str) -> str:
+    run, entries = _load(run_id)
+    tags = run.data.tags
+    lines = [f"MLflow run {run_id} ({run.info.run_name}, {run.info.status})",
+             f"  git commit   {tags.get('git_commit')} (dirty: {tags.get('git_dirty')})",
+             f"  dvc stage    {tags.get('dvc_stage')}"]
+    if tags.get("dvc_exp_name"):
+        lines.append(f"  dvc exp      {tags['dvc_exp_name']} (baseline {tags.get('dvc_exp_baseline_rev')})")
+    lines.append(f"  model md5    {tags.get('model_md5')}")
+    for name, entry in entries.items():
+        lines.append(f"  stage {name}")
+        for key in ("deps", "outs"):
+            for item in entry.get(key, []):
+                lines.append(f"    {key[:-1]:4} {item['md5']}  {item['path']}")
+        for file, values in entry.get("params", {}).items():
+            for key, value in values.items():
+                lines.append(f"    param {key} = {json.dumps(value)}  ({file})")
+    return "\n".join(lines)
+
+
+def restore(run_id: str, dest: Path) -> Path:
+    """A git worktree at the run's commit, its params and DVC outputs as the run had them
+    (checked out from this repo's DVC cache), the model verified against the run's md5."""
+    run, entries = _load(run_id)
+    tags = run.data.tags
+    root = Path(tags.get("dvc_root") or repo_root())
+    dest = Path(dest).resolve()
+    if dest.exists():
+        raise MnistflowError(f"{dest} already exists; give a new directory")
+    _cmd(["git", "worktree", "add", "--detach", str(dest), tags["git_commit"]], root)
+    stages = {"schema": "2.0", "stages": entries}
+    (dest / "dvc.lock").write_text(yaml.safe_dump(stages, sort_keys=False))
+    _set_params(dest / "params.yaml", entries)
+    _cmd([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], dest)
+    checkout = subprocess.run([sys.executable, "-m", "dvc", "checkout", *entries], cwd=dest,
+                              capture_output=True, text=True)
+    weights = dest / _model_path(entries, run.info.run_name)
+    if not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]:
+        raise MnistflowError(
+            f"the DVC cache at {root / '.dvc' / 'cache'} no longer holds the model of run {run_id} "
+            f"(md5 {tags['model_md5']}); get it with `dvc pull` in {root} if a remote has it, "
+            f"then run this again.\n{checkout.stdout}{checkout.stderr}".rstrip())
+    log.info("restored run %s into %s; %s matches the run's md5", run_id, dest, weights.relative_to(dest))
+    return dest
+
+
+def _load(run_id: str):
+    tracking.use_store()
+    client = tracking.mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except tracking.mlflow.exceptions.MlflowException as exc:
+        raise MnistflowError(f"no MLflow run {run_id!r} in {tracking.tracking_uri()}: {exc.message}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, LINEAGE_ARTIFACT, tmp)
+        except Exception:
+            raise MnistflowError(f"run {run_id} has no {LINEAGE_ARTIFACT}: it was not made by a DVC stage") from None
+        return run, json.loads(Path(path).read_text())
+
+
+def _model_path(entries: dict, model: str) -> str:
+    return next(o["path"] for e in entries.values() for o in e.get("outs", [])
+                if o["path"].endswith(f"{model}.pt"))
+
+
+def _set_params(path: Path, entries: dict) -> None:
+    """Write the values the run used (they may differ from the commit's under `dvc exp run`)."""
+    params = yaml.safe_load(path.read_text())
+    for entry in entries.values():
+        for key, value in entry.get("params", {}).get("params.yaml", {}).items():
+            *parents, last = key.split(".")
+            node = params
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _cmd(args: list[str], cwd: Path) -> None:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MnistflowError(f"{' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mnistflow.lineage", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("show", help="print a run's lineage").add_argument("run_id")
+    restore_cmd = sub.add_parser("restore", help="restore a run's code, params, data and model")
+    restore_cmd.add_argument("run_id")
+    restore_cmd.add_argument("dest", type=Path)
+    args = parser.parse_args()
+    if args.command == "show":
+        print(describe(args.run_id))
+    else:
+        print(f"restored into {restore(args.run_id, args.dest)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
