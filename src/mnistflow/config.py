@@ -78,6 +78,7 @@ class Config:
     models: tuple[str, ...]  # the models the pipeline trains
     amp: bool  # mixed precision on CUDA
     deterministic: bool
+    resume: bool  # continue from the last epoch checkpoint after a kill
     model_configs: dict[str, ModelConfig]
     dpi: int  # resolution of the visualize stage's figures
 
@@ -118,7 +119,7 @@ def parse_config(raw: Any) -> Config:
     data = _section(top["data"], "data", ["dataset", "mirror", "val_size"])
     pre = _section(top["preprocess"], "preprocess", ["variants"])
     registered = model_names()
-    train = _section(top["train"], "train", ["models", "amp", "deterministic"], optional=registered)
+    train = _section(top["train"], "train", ["models", "amp", "deterministic", "resume"], optional=registered)
 
     variants_raw = _mapping(pre["variants"] or {}, "preprocess.variants")
     variants = {}
@@ -158,6 +159,7 @@ def parse_config(raw: Any) -> Config:
         models=tuple(models),
         amp=_bool(train["amp"], "train.amp"),
         deterministic=_bool(train["deterministic"], "train.deterministic"),
+        resume=_bool(train["resume"], "train.resume"),
         model_configs={name: _model(train[name], f"train.{name}") for name in registered if name in train},
         dpi=_int(vis["dpi"], "visualize.dpi", 20),
     )
@@ -288,3 +290,11 @@ def _float(value: Any, key: str, minimum: float, strict: bool = False,
     if bad_lo or bad_hi or value != value:
         raise ConfigError(f"{key}: {value} is out of range; it must be {lo}{hi}")
     return value
+
+
+if __name__ == "__main__":  # python -m mnistflow.config [params.yaml]: validate, exit 2 on a bad value
+    import sys
+
+    from mnistflow.errors import run_stage
+
+    run_stage(lambda: load_config(sys.argv[1] if len(sys.argv) > 1 else "params.yaml") and None)

@@ -5,12 +5,15 @@ import csv
 import io
 import json
 import os
+import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from mnistflow.errors import DataError
 
 
 _UMASK = os.umask(0)
@@ -75,4 +78,8 @@ def save_torch(path: str | Path, obj) -> None:
 
 def load_torch(path: str | Path):
     """Load tensors only: `weights_only=True` refuses pickles that would run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused to load: it holds more than tensors and plain data, "
+                        f"which could run code ({str(exc).splitlines()[0]})") from None

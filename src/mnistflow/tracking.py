@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -79,12 +80,21 @@ def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
 
 
 @contextmanager
-def tracked_run(experiment: str, run_name: str, params: dict, tags: dict) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt;
-    never left RUNNING by anything short of `kill -9`."""
+def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
+                run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt.
+    `run_id` continues that run (a training resumed after a kill) when the store has it.
+    Runs that a `kill -9` left RUNNING are marked FAILED first."""
     exp_id = experiment_id(experiment)
-    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
-    log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking_uri())
+    fail_dead_runs(exp_id)
+    client = mlflow.MlflowClient()
+    if run_id and _run_exists(client, run_id):
+        run = mlflow.start_run(run_id=run_id)
+        log.info("MLflow run %s (%s) resumed in %s", run_id, run_name, tracking_uri())
+    else:
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking_uri())
+    mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
     try:
         mlflow.log_params(params)
         yield run
@@ -95,6 +105,37 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict) -> Ite
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def fail_dead_runs(exp_id: str) -> None:
+    """Mark FAILED the RUNNING runs whose process on this host is gone (killed with -9);
+    runs of live processes (parallel `dvc queue` workers) are left alone."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get("pid")
+        if run.data.tags.get("host") == host and pid and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked FAILED",
+                        run.info.run_id, run.info.run_name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def log_epoch(result) -> None:

@@ -1,6 +1,8 @@
 """The training loop: whole splits in memory, per-batch normalization, seeded shuffles."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 import time
@@ -16,7 +18,8 @@ from tqdm import tqdm
 from mnistflow import lineage, tracking
 from mnistflow.config import Config, ModelConfig
 from mnistflow.device import autocast, select_device, set_determinism
-from mnistflow.io import save_torch, write_csv, write_json
+from mnistflow.errors import MnistflowError
+from mnistflow.io import load_torch, save_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.optim import build_optimizer, build_scheduler, step_scheduler
 from mnistflow.plots import loss_curve
@@ -24,6 +27,10 @@ from mnistflow.splits import Split, load_split, random_shift, read_stats
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 1000
+
+
+class TrainingDiverged(MnistflowError):
+    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +78,27 @@ def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: boo
 
 def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Normalizer, *,
         seed: int, amp: bool = False, name: str = "model",
-        on_epoch: Callable[[EpochResult], None] = lambda r: None) -> list[EpochResult]:
-    """Train `model` in place on splits already on the device; return per-epoch results."""
+        on_epoch: Callable[[EpochResult], None] = lambda r: None,
+        resume: dict | None = None, save_state: Callable[[dict], None] = lambda s: None) -> list[EpochResult]:
+    """Train `model` in place on splits already on the device; return per-epoch results.
+
+    `save_state` gets the full training state after every epoch; `resume` is such a state to
+    continue from. Every epoch draws from its own generator seeded by (seed, epoch), so a
+    resumed run ends with the same weights as an uninterrupted one.
+    """
     device = train.images.device
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     show_bar = sys.stderr.isatty()
     history = []
-    for epoch in range(1, cfg.epochs + 1):
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        history = [EpochResult(**row) for row in resume["history"]]
+        log.info("%s: resuming after epoch %d of %d from a checkpoint", name, len(history), cfg.epochs)
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
         # A generator per epoch, seeded from (seed, epoch): the order does not depend on what ran before.
@@ -86,6 +106,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
         order = torch.randperm(len(train), generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
+        first_bad = torch.full((), -1, device=device)  # first batch whose loss is not finite
         lr = optimizer.param_groups[0]["lr"]
         batches = range(0, len(train), cfg.batch_size)
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit="batch",
@@ -99,9 +120,12 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            # Sums stay on the device: no sync per batch.
+            # Sums and the divergence check stay on the device: no sync per batch.
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
+            if i % 50 == 49 or b + cfg.batch_size >= len(train):
+                _check_finite(first_bad, name, epoch, optimizer.param_groups[0]["lr"])
             if show_bar and i % 20 == 0:
                 seen = b + len(y)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
@@ -123,12 +147,22 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
                  "lr %.3g %.1fs (%.0f img/s)", name, epoch, cfg.epochs, result.train_loss, result.train_acc,
                  result.val_loss, result.val_acc, lr, seconds, result.images_per_second)
         history.append(result)
+        save_state({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "history": [asdict(r) for r in history]})
         on_epoch(result)
     return history
 
 
+def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, lr: float) -> None:
+    if first_bad.item() > 0:
+        raise TrainingDiverged(f"{name}: the loss became NaN or infinite at epoch {epoch}, batch "
+                               f"{first_bad.item()}; training stopped. Try a lower train.{name}.lr "
+                               f"(now {lr:g}).")
+
+
 def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
-                metrics_path: Path, history_path: Path) -> list[EpochResult]:
+                metrics_path: Path, history_path: Path, checkpoint_dir: Path = Path("checkpoints")) -> list[EpochResult]:
     """The train stage for one model: fit, write its outputs, record it all in MLflow."""
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.deterministic)
@@ -139,10 +173,19 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     model = create_model(name).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.amp and device.type == "cuda"
+    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt",
+                            _checkpoint_key(cfg.run_params(name), data_dir))
+    resume = checkpoint.load() if cfg.resume else None
     with tracking.tracked_run(cfg.data.dataset, name, cfg.run_params(name),
-                              tracking.run_tags(cfg.data.dataset, device)):
+                              tracking.run_tags(cfg.data.dataset, device),
+                              run_id=resume and resume["run_id"]) as run:
+        run_id = run.info.run_id
+        if resume and resume["run_id"] != run_id:  # the old run is gone: give the new one the history
+            for row in resume["history"]:
+                tracking.log_epoch(EpochResult(**row))
         history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
-                      on_epoch=tracking.log_epoch)
+                      on_epoch=tracking.log_epoch, resume=resume,
+                      save_state=lambda state: checkpoint.save({**state, "run_id": run_id}))
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         last = history[-1]
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
@@ -151,4 +194,41 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         tracking.log_figure(fig, "loss_curve.png")
         tracking.log_model(model, weights_path)
         lineage.record()
+    checkpoint.remove()
     return history
+
+
+def _checkpoint_key(params: dict, data_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: the run's params and its training data."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for name in ("train.pt", "val.pt", "stats.json"):
+        digest.update(hashlib.md5((Path(data_dir) / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The training state after the last finished epoch, kept outside DVC's outputs (DVC
+    deletes those before a stage runs) so that a rerun after a kill can resume."""
+
+    path: Path
+    key: str
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = load_torch(self.path)
+        except Exception as exc:  # a checkpoint cut short by a kill: start over
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            return None
+        if state.get("key") != self.key:
+            log.warning("ignoring checkpoint %s: it was made with other params or data", self.path)
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        save_torch(self.path, {**state, "key": self.key})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
