@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import sys
+import time
 
 import mlflow
 import pytest
@@ -290,3 +291,31 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
         (tmp_path / "saved").rename(cached)
     assert failed.returncode == 1
     assert "no longer holds the model" in failed.stderr and "dvc pull" in failed.stderr
+
+
+def test_four_queued_experiments_on_two_workers_all_land_complete(project):
+    project, _ = project
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "before the sweep"], project, pipeline_env())
+    rates = ["0.0021", "0.0022", "0.0023", "0.0024"]
+    for lr in rates:
+        dvc(project, "exp", "run", "--queue", "-S", f"train.mlp.lr={lr}")
+    dvc(project, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(project, "queue", "stop")
+    assert status.count("Success") == 4, status
+    client = client_for(project)
+    swept = [r for r in runs_of(client) if r.info.run_name == "mlp" and r.data.params["train.mlp.lr"] in rates]
+    assert sorted(r.data.params["train.mlp.lr"] for r in swept) == rates
+    for r in swept:
+        assert r.info.status == "FINISHED" and r.data.tags.get("dvc_exp_name")
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+        assert "test_acc" in r.data.metrics and "lineage.json" in [a.path for a in client.list_artifacts(r.info.run_id)]
+        mlflow.set_tracking_uri(client.tracking_uri)
+        assert mlflow.search_logged_models(experiment_ids=[r.info.experiment_id], output_format="list",
+                                           filter_string=f"source_run_id = '{r.info.run_id}'")
