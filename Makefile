@@ -44,8 +44,9 @@ repro: setup
 	PYTHONPATH=src $(BIN)/python -m mnistflow.config params.yaml
 	$(BIN)/dvc repro
 
+# Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
 repro-check: setup
