@@ -38,10 +38,7 @@ browser:
 			|| echo "could not install chromium: the report-page test will be skipped"; \
 	fi
 
-# Params are checked before DVC touches anything (a stage refusing them would come after
-# DVC removed that stage's old outputs from the workspace).
 repro: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.config params.yaml
 	$(BIN)/dvc repro
 
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.

@@ -14,7 +14,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, make_project, pipeline_env, run
+from conftest import ROOT, SECRET, make_project, pipeline_env, run
 
 sys.path.insert(0, "src")
 from mnistflow.models import create_model  # noqa: E402
@@ -50,7 +50,8 @@ FIRST_CNN: list[bytes] = []  # the weights of the first training of cnn, for the
 
 def test_repro_writes_every_output(project):
     project, first = project
-    for stage in ("download", "preprocess", *(f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS),
+    for stage in ("check_params", "download", "preprocess",
+                  *(f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS),
                   "visualize"):
         assert f"Running stage '{stage}'" in first.stdout
     assert len(list((project / "data/raw/mnist/MNIST/raw").iterdir())) == 4
@@ -106,6 +107,32 @@ def test_logged_model_predicts_like_the_weights_file(project, model):
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(from_mlflow(x), net(x))
+
+
+def test_nothing_secret_from_the_environment_reaches_mlflow(project):
+    project, _ = project
+    for r in runs_of(client_for(project)):
+        recorded = json.dumps([r.data.params, r.data.tags])
+        assert SECRET not in recorded
+
+
+def test_a_bad_param_stops_dvc_before_any_output_is_touched(project):
+    project, _ = project
+    before = {p: p.read_bytes() for p in [project / "dvc.lock", *sorted((project / "models").iterdir())]}
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("    lr:", "    lrr:", 1))
+    try:
+        typo = run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env(), check=False)
+    finally:
+        (project / "params.yaml").write_text(text)
+    assert typo.returncode != 0
+    assert "unknown key 'train.mlp.lrr'; did you mean 'train.mlp.lr'?" in typo.stdout + typo.stderr
+    exp = run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "train.cnn.lr=-1"], project,
+              pipeline_env(), check=False)
+    assert exp.returncode != 0
+    assert "train.cnn.lr: -1.0 is out of range; it must be > 0.0" in exp.stdout + exp.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert "Running stage" not in dvc(project, "repro").stdout
 
 
 def test_evaluation_outputs_and_figures(project):
@@ -224,7 +251,8 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     ran = [line for line in changed.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'train@cnn':", "Running stage 'evaluate@cnn':", "Running stage 'visualize':"]
+    assert ran == ["Running stage 'check_params':", "Running stage 'train@cnn':", "Running stage 'evaluate@cnn':",
+                   "Running stage 'visualize':"]
     latest = runs_of(client)[-1]
     assert len(runs_of(client)) == before + 1
     assert latest.info.run_name == "cnn" and latest.data.params["train.cnn.lr"] == "0.01"
@@ -256,10 +284,10 @@ def test_visualization_and_variant_changes_retrain_nothing(project):
         out = dvc(project, "repro").stdout
         return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
 
-    assert change("visualize", "dpi", 60) == ["visualize"]
+    assert change("visualize", "dpi", 60) == ["check_params", "visualize"]
     variants = {"crop22": {"crop": 22}, "crop18": {"crop": 18}, "crop24": {"crop": 24}}
     ran = change("preprocess", "variants", variants)
-    assert ran == ["preprocess", "evaluate@mlp", "evaluate@cnn", "evaluate@lenet", "visualize"]
+    assert ran == ["check_params", "preprocess", "evaluate@mlp", "evaluate@cnn", "evaluate@lenet", "visualize"]
     assert "crop24" in json.loads((project / "reports/eval/cnn.json").read_text())
 
 

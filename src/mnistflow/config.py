@@ -292,9 +292,17 @@ def _float(value: Any, key: str, minimum: float, strict: bool = False,
     return value
 
 
-if __name__ == "__main__":  # python -m mnistflow.config [params.yaml]: validate, exit 2 on a bad value
+def check_params(path: str = "params.yaml", stamp: str | None = None) -> None:
+    """Validate params.yaml; on success write `stamp` (always the same bytes) if given."""
+    load_config(path)
+    if stamp:
+        from mnistflow.io import write_bytes
+        write_bytes(stamp, b"params.yaml is valid\n")
+
+
+if __name__ == "__main__":  # python -m mnistflow.config [params.yaml [STAMP]]: exit 2 on a bad value
     import sys
 
     from mnistflow.errors import run_stage
 
-    run_stage(lambda: load_config(sys.argv[1] if len(sys.argv) > 1 else "params.yaml") and None)
+    run_stage(lambda: check_params(*sys.argv[1:3]))
