@@ -1,15 +1,14 @@
 """Shared fixtures: tiny learnable IDX datasets and a copy of the project in a temp git repo."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mnistflow.reprocheck import shrink, user_env
 from mnistflow.synthetic import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +32,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
 
 def pipeline_env() -> dict:
     """The environment a user's shell would have: the venv first on PATH, no overrides."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env["API_TOKEN"] = SECRET
-    return env
+    return {**user_env(), "API_TOKEN": SECRET}
 
 
 def make_project(dest: Path, mirror: Path, **train_overrides) -> Path:
@@ -50,10 +44,7 @@ def make_project(dest: Path, mirror: Path, **train_overrides) -> Path:
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"].update(dataset="mnist", mirror=str(mirror), val_size=100)
-    for model in params["train"]["models"]:
-        params["train"][model].update(epochs=1, batch_size=64)
+    params = shrink(yaml.safe_load((dest / "params.yaml").read_text()), mirror, epochs=1)
     for key, value in train_overrides.items():
         params["train"][key].update(value)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mnistflow.evaluation import classification_metrics, predict
+from mnistflow.evaluation import classification_metrics
+from mnistflow.training import predict
 from mnistflow.splits import Split
 from mnistflow.training import Normalizer
 

@@ -15,6 +15,7 @@ import yaml
 
 from mnistflow.datasets import DATASETS
 from mnistflow.errors import ConfigError
+from mnistflow.io import write_bytes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam", "adadelta", "adagrad", "rmsprop")
@@ -296,7 +297,6 @@ def check_params(path: str = "params.yaml", stamp: str | None = None) -> None:
     """Validate params.yaml; on success write `stamp` (always the same bytes) if given."""
     load_config(path)
     if stamp:
-        from mnistflow.io import write_bytes
         write_bytes(stamp, b"params.yaml is valid\n")
 
 

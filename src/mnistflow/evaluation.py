@@ -5,8 +5,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from mnistflow import tracking
@@ -17,22 +15,10 @@ from mnistflow.errors import DataError
 from mnistflow.io import load_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.plots import confusion_matrix
-from mnistflow.splits import NUM_CLASSES, Split, load_split, read_stats
-from mnistflow.training import EVAL_BATCH, Normalizer
+from mnistflow.splits import load_split, read_stats
+from mnistflow.training import Normalizer, predict
 
 log = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, norm: Normalizer) -> tuple[torch.Tensor, float]:
-    """Predicted classes of a split (on its device) and the mean cross-entropy."""
-    model.eval()
-    preds, loss_sum = [], 0.0
-    for start in range(0, len(split), EVAL_BATCH):
-        logits = model(norm(split.images[start:start + EVAL_BATCH])).float()
-        loss_sum += F.cross_entropy(logits, split.labels[start:start + EVAL_BATCH], reduction="sum").item()
-        preds.append(logits.argmax(1))
-    return torch.cat(preds), loss_sum / len(split)
 
 
 def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:

@@ -20,20 +20,28 @@ from mnistflow.errors import MnistflowError, run_stage
 from mnistflow.synthetic import write_idx
 
 
-def shrink(params: dict, mirror: Path, models: list[str] | None) -> dict:
+def shrink(params: dict, mirror: Path, models: list[str] | None = None, epochs: int = 2) -> dict:
     """The project's params on tiny data: every stage runs, in seconds."""
     params["data"].update(dataset="mnist", mirror=str(mirror), val_size=100)
     if models:
         params["train"]["models"] = models
     for model in params["train"]["models"]:
-        params["train"][model].update(epochs=2, batch_size=64)
+        params["train"][model].update(epochs=epochs, batch_size=64)
     return params
+
+
+def user_env() -> dict:
+    """The environment a user's shell would have: this venv first on PATH, no MLflow or DVC
+    overrides inherited from whatever runs us."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
 
 
 def pipeline_run(repo: Path, clone: Path, mirror: Path, models: list[str] | None) -> tuple[dict, dict]:
     """Clone, shrink params, commit, `dvc repro`; return the dvc.lock and the metrics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = user_env()
 
     def sh(*args: str) -> str:
         proc = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True)

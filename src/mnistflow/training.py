@@ -61,19 +61,23 @@ class EpochResult:
 
 
 @torch.inference_mode()
-def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in batches."""
+def predict(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[torch.Tensor, float]:
+    """Predicted classes of a split (on its device) and the mean cross-entropy, in batches."""
     model.eval()
     device = split.images.device
-    loss_sum, correct = 0.0, 0
+    preds, loss_sum = [], 0.0
     for start in range(0, len(split), EVAL_BATCH):
-        x = norm(split.images[start:start + EVAL_BATCH])
-        y = split.labels[start:start + EVAL_BATCH]
         with autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(split), correct / len(split)
+            logits = model(norm(split.images[start:start + EVAL_BATCH]))
+        loss_sum += F.cross_entropy(logits.float(), split.labels[start:start + EVAL_BATCH], reduction="sum").item()
+        preds.append(logits.argmax(1))
+    return torch.cat(preds), loss_sum / len(split)
+
+
+def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split."""
+    preds, loss = predict(model, split, norm, amp)
+    return loss, (preds == split.labels).sum().item() / len(split)
 
 
 def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Normalizer, *,
@@ -173,10 +177,10 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     model = create_model(name).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.amp and device.type == "cuda"
-    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt",
-                            _checkpoint_key(cfg.run_params(name), data_dir))
+    params = cfg.run_params(name)
+    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
     resume = checkpoint.load() if cfg.resume else None
-    with tracking.tracked_run(cfg.data.dataset, name, cfg.run_params(name),
+    with tracking.tracked_run(cfg.data.dataset, name, params,
                               tracking.run_tags(cfg.data.dataset, device),
                               run_id=resume and resume["run_id"]) as run:
         run_id = run.info.run_id

@@ -15,7 +15,6 @@ from torch import nn
 from mnistflow import plots, tracking
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
-from mnistflow.evaluation import predict
 from mnistflow.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
 from mnistflow.splits import load_split, read_stats
@@ -50,13 +49,14 @@ def feature_maps_figure(model: nn.Module, image: torch.Tensor, norm: Normalizer,
     return plots.feature_maps(image[0], conv.weight[0, 0], output, pooled, f"{name}: conv1, filter 0")
 
 
-def predictions_figure(preds, labels, images, classes: list[str], name: str):
-    titles = [f"pred: {classes[p]}\ntrue: {classes[t]}" for p, t in zip(preds, labels)]
-    colors = ["black" if p == t else "red" for p, t in zip(preds, labels)]
+def predictions_figure(rows: list[dict], images, name: str):
+    """Test images with the evaluate stage's prediction (rows of its confusion CSV, in test order)."""
+    titles = [f"pred: {r['predicted']}\ntrue: {r['actual']}" for r in rows]
+    colors = ["black" if r["predicted"] == r["actual"] else "red" for r in rows]
     return plots.image_grid(list(images[:, 0]), titles, f"{name}: predictions (mistakes in red)", colors)
 
 
-def read_history(path: Path) -> list[dict]:
+def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -71,7 +71,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     shared = {
         "samples.png": plots.image_grid(list(train.images[:SHOWN, 0]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
-        "loss_curves.png": plots.loss_curves({m: read_history(train_dir / f"{m}.csv") for m in cfg.models}),
+        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.models}),
         "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.models}),
     }
     per_model = {}
@@ -79,13 +79,13 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         model = create_model(name)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
         model.eval()
-        preds, _ = predict(model, test, norm)
+        # The evaluate stage already predicted every test image: reuse, do not re-run the model.
+        predicted = read_csv(eval_dir / name / "confusion_test.csv")
         figs = {
-            f"confusion_{name}.png": plots.confusion_matrix(_confusion(eval_dir / name / "confusion_test.csv", classes),
-                                                            classes, f"{name}: test set (row-normalized)"),
+            f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
+                                                            f"{name}: test set (row-normalized)"),
             f"weights_{name}.png": weights_figure(model, name),
-            f"predictions_{name}.png": predictions_figure(preds[:SHOWN].tolist(), test.labels[:SHOWN].tolist(),
-                                                          test.images[:SHOWN], classes, name),
+            f"predictions_{name}.png": predictions_figure(predicted[:SHOWN], test.images[:SHOWN], name),
         }
         if isinstance(first_layer(model), nn.Conv2d):
             figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
@@ -105,10 +105,10 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     log.info("report: %s", index_path)
 
 
-def _confusion(path: Path, classes: list[str]) -> list[list[int]]:
+def _confusion(rows: list[dict], classes: list[str]) -> list[list[int]]:
     index = {c: i for i, c in enumerate(classes)}
     counts = [[0] * len(classes) for _ in classes]
-    for row in read_history(path):
+    for row in rows:
         counts[index[row["actual"]]][index[row["predicted"]]] += 1
     return counts
 
