@@ -23,8 +23,10 @@ def tiny_mirror(tmp_path_factory) -> Path:
     return write_idx(tmp_path_factory.mktemp("mirror") / "mnist")
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    # A timeout on every command: a hung subprocess must fail its test, not stall CI.
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

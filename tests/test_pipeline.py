@@ -5,6 +5,7 @@ import html
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 
@@ -328,15 +329,23 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
     rates = ["0.0021", "0.0022", "0.0023", "0.0024"]
     for lr in rates:
         dvc(project, "exp", "run", "--queue", "-S", f"train.mlp.lr={lr}")
-    dvc(project, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    dvc(project, "queue", "stop")
-    assert status.count("Success") == 4, status
+    # The workers `dvc queue start` forks keep its stdout and stderr: were those pipes, the call
+    # would last as long as the workers do (forever, if one never exits). So: a file.
+    log = project / ".dvc/tmp/queue-start.log"
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project,
+                       env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT, timeout=120, check=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = dvc(project, "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:  # never leave workers running past the test
+        run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], project, pipeline_env(), check=False, timeout=120)
+    workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
+    assert status.count("Success") == 4, f"{status}\n{workers[-3000:]}"
     client = client_for(project)
     swept = [r for r in runs_of(client) if r.info.run_name == "mlp" and r.data.params["train.mlp.lr"] in rates]
     assert sorted(r.data.params["train.mlp.lr"] for r in swept) == rates

@@ -159,7 +159,10 @@ def log_model(model: torch.nn.Module, weights_path: Path) -> None:
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
+    # Naming the requirements skips MLflow's inference of them, a fresh Python process that
+    # imports torch again (seconds per model) and picks up unrelated imports such as tqdm.
+    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature,
+                             pip_requirements=mlflow.pytorch.get_default_pip_requirements())
     mlflow.set_tag("model_md5", file_md5(weights_path))
 
 
