@@ -172,6 +172,8 @@ def test_each_run_holds_training_and_evaluation_metrics_and_figures(project):
         assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "confusion_test.png" in artifacts and "figures" in artifacts
+        per_class = json.loads((project / f"reports/eval/{r.info.run_name}.per_class.json").read_text())
+        assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == per_class
         figures = [a.path for a in client.list_artifacts(r.info.run_id, "figures")]
         assert f"figures/predictions_{r.info.run_name}.png" in figures and "figures/robustness.png" in figures
 

@@ -70,8 +70,9 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
         log.info("%s on %s: acc %.4f macro_f1 %.4f loss %.4f", name, set_name,
                  metrics["acc"], metrics["macro_f1"], loss)
     # Per-class accuracy beside the metrics, not in them: dvc metrics show stays a models x sets table.
-    write_json(per_class_path, {s: m.pop("per_class_acc") for s, m in report.items()})
+    per_class = {s: m.pop("per_class_acc") for s, m in report.items()}
+    write_json(per_class_path, per_class)
     write_json(metrics_path, report)
     flat = {f"{s}_{k}": v for s, m in report.items() for k, v in m.items()}
-    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), flat, figures)
+    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), flat, figures, per_class)
     return report

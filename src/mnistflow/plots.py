@@ -52,13 +52,16 @@ def confusion_matrix(confusion, classes: list[str], title: str) -> Figure:
 
 
 def image_grid(images, titles: list[str], title: str, colors: list[str] | None = None,
-               columns: int = 4, cmap: str = "gray") -> Figure:
-    """A grid of single-channel images, each with its title (the tutorials' first look at data)."""
+               columns: int = 4, cmap: str = "gray", centred: bool = False) -> Figure:
+    """A grid of single-channel images, each with its title (the tutorials' first look at data).
+    `centred`: each image's colour scale is symmetric about 0, so 0 is the neutral colour (weights)."""
     rows = -(-len(images) // columns)
     fig = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="tight")
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, image, label, color in zip(axes, images, titles, colors or ["black"] * len(titles)):
-        ax.imshow(np.asarray(image), cmap=cmap)
+        image = np.asarray(image)
+        vmax = (float(np.abs(image).max()) or 1.0) if centred else None
+        ax.imshow(image, cmap=cmap, vmin=None if vmax is None else -vmax, vmax=vmax)
         ax.set_title(label, color=color, fontsize=9)
     for ax in axes:
         ax.axis("off")

@@ -194,14 +194,16 @@ def run_for_model(experiment: str, model: str, model_md5: str) -> str:
     return new.info.run_id
 
 
-def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict, figures: dict) -> str:
-    """Add evaluation metrics and figures to the model's run without reopening it."""
+def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict, figures: dict,
+                   per_class: dict) -> str:
+    """Add evaluation metrics, figures and per-class accuracy to the model's run without reopening it."""
     run_id = run_for_model(experiment, model, model_md5)
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     for name, fig in figures.items():
         client.log_figure(run_id, fig, name)
+    client.log_dict(run_id, per_class, "per_class_acc.json")
     return run_id
 
 

@@ -37,7 +37,7 @@ def weights_figure(model: nn.Module, name: str):
     else:
         images, what = w[:32].view(-1, 28, 28), "fc1 rows as 28x28 images (first 32)"
     return plots.image_grid(list(images), [str(i) for i in range(len(images))], f"{name}: {what}",
-                            columns=min(8, len(images)), cmap="coolwarm")
+                            columns=min(8, len(images)), cmap="coolwarm", centred=True)
 
 
 @torch.inference_mode()
