@@ -1,0 +1,53 @@
+"""What naming the pip requirements saves per `mlflow.pytorch.log_model` call.
+
+Logs the cnn, alternately with MLflow inferring its requirements (the baseline: a fresh Python
+process that imports the model's modules) and with them named, as tracking.log_model does,
+into a throwaway sqlite store. Prints the median of each and their ratio.
+
+    .venv/bin/python bench/log_model.py [repeats]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import mlflow  # noqa: E402
+import mlflow.pytorch  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mnistflow.models import create_model  # noqa: E402
+
+
+def main(repeats: int = 3) -> None:
+    model = create_model("cnn").eval()
+    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        signature = mlflow.models.infer_signature(example, model(torch.from_numpy(example)).numpy())
+    ways = {"inferred": {}, "named": {"pip_requirements": mlflow.pytorch.get_default_pip_requirements()}}
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    with tempfile.TemporaryDirectory() as store:
+        mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench", f"{store}/artifacts"))
+        for i in range(repeats + 1):
+            for way, kwargs in ways.items():
+                with mlflow.start_run():
+                    start = time.perf_counter()
+                    mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                             signature=signature, **kwargs)
+                    if i:  # the first round warms up torch.export
+                        times[way].append(time.perf_counter() - start)
+    inferred, named = (statistics.median(times[w]) for w in ways)
+    print(f"log_model, median of {repeats}: requirements inferred {inferred:.2f} s, "
+          f"named {named:.2f} s; ratio {inferred / named:.1f}x")
+
+
+if __name__ == "__main__":
+    main(*map(int, sys.argv[1:]))
