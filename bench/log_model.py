@@ -1,8 +1,8 @@
 """What naming the pip requirements saves per `mlflow.pytorch.log_model` call.
 
 Logs the cnn, alternately with MLflow inferring its requirements (the baseline: a fresh Python
-process that imports the model's modules) and with them named, as tracking.log_model does,
-into a throwaway sqlite store. Prints the median of each and their ratio.
+process that imports the model's modules) and with the arguments tracking.log_model passes
+(requirements named), into a throwaway sqlite store. Prints the median of each and their ratio.
 
     .venv/bin/python bench/log_model.py [repeats]
 """
@@ -20,18 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import mlflow  # noqa: E402
 import mlflow.pytorch  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from mnistflow.models import create_model  # noqa: E402
+from mnistflow.tracking import log_model_args  # noqa: E402
 
 
 def main(repeats: int = 3) -> None:
     model = create_model("cnn").eval()
-    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
-    with torch.no_grad():
-        signature = mlflow.models.infer_signature(example, model(torch.from_numpy(example)).numpy())
-    ways = {"inferred": {}, "named": {"pip_requirements": mlflow.pytorch.get_default_pip_requirements()}}
+    named = log_model_args(model)
+    ways = {"inferred": {k: v for k, v in named.items() if k != "pip_requirements"}, "named": named}
     times: dict[str, list[float]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory() as store:
         mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
@@ -40,13 +37,12 @@ def main(repeats: int = 3) -> None:
             for way, kwargs in ways.items():
                 with mlflow.start_run():
                     start = time.perf_counter()
-                    mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                             signature=signature, **kwargs)
+                    mlflow.pytorch.log_model(model, name="model", **kwargs)
                     if i:  # the first round warms up torch.export
                         times[way].append(time.perf_counter() - start)
-    inferred, named = (statistics.median(times[w]) for w in ways)
+    inferred, named_s = (statistics.median(times[w]) for w in ways)
     print(f"log_model, median of {repeats}: requirements inferred {inferred:.2f} s, "
-          f"named {named:.2f} s; ratio {inferred / named:.1f}x")
+          f"named {named_s:.2f} s; ratio {inferred / named_s:.1f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,14 @@ def tiny_mirror(tmp_path_factory) -> Path:
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
         timeout: float = 600) -> subprocess.CompletedProcess:
+    # Output through files, not pipes: a daemon the command forks (`dvc queue start`'s workers)
+    # keeps them open, and reading a pipe to its end would wait for the daemon as well.
     # A timeout on every command: a hung subprocess must fail its test, not stall CI.
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        proc.stdout, proc.stderr = out.read(), err.read()
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

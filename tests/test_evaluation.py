@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from mnistflow.evaluation import classification_metrics
-from mnistflow.training import predict
 from mnistflow.splits import Split
-from mnistflow.training import Normalizer
+from mnistflow.training import Normalizer, predict
 
 CLASSES = ["a", "b", "c", "d"]  # "d" has no samples and is never predicted
 

@@ -5,7 +5,6 @@ import html
 import json
 import re
 import shutil
-import subprocess
 import sys
 import time
 
@@ -331,12 +330,7 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
     rates = ["0.0021", "0.0022", "0.0023", "0.0024"]
     for lr in rates:
         dvc(project, "exp", "run", "--queue", "-S", f"train.mlp.lr={lr}")
-    # The workers `dvc queue start` forks keep its stdout and stderr: were those pipes, the call
-    # would last as long as the workers do (forever, if one never exits). So: a file.
-    log = project / ".dvc/tmp/queue-start.log"
-    with log.open("w") as out:
-        subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project,
-                       env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT, timeout=120, check=True)
+    dvc(project, "queue", "start", "-j", "2")
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

@@ -150,19 +150,23 @@ def log_figure(fig, name: str) -> None:
     mlflow.log_figure(fig, name)
 
 
-def log_model(model: torch.nn.Module, weights_path: Path) -> None:
-    """Log the model (pt2 format, with an input example and signature) and tag the run
-    with the md5 of the weights file, which is how later stages find this run."""
-    model = model.cpu().eval()
+def log_model_args(model: torch.nn.Module) -> dict:
+    """What `mlflow.pytorch.log_model` gets besides the model (on the CPU, in eval mode)."""
     # A batch of 2: torch.export fixes a size-1 batch dimension, and the model must take any batch.
     example = np.zeros((2, 1, 28, 28), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    signature = mlflow.models.infer_signature(example, output)
     # Naming the requirements skips MLflow's inference of them, a fresh Python process that
     # imports torch again (seconds per model) and picks up unrelated imports such as tqdm.
-    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature,
-                             pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+    return {"input_example": example, "signature": mlflow.models.infer_signature(example, output),
+            "pip_requirements": mlflow.pytorch.get_default_pip_requirements()}
+
+
+def log_model(model: torch.nn.Module, weights_path: Path) -> None:
+    """Log the model (pt2 format, with an input example and signature) and tag the run
+    with the md5 of the weights file, which is how later stages find this run."""
+    model = model.cpu().eval()
+    mlflow.pytorch.log_model(model, name="model", **log_model_args(model))
     mlflow.set_tag("model_md5", file_md5(weights_path))
 
 
