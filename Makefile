@@ -5,13 +5,19 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 5001
+MODEL ?= cnn
+STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
+# The report page links runs where `make ui` serves them.
+export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro test ui system-data browser repro-check lineage restore
+.PHONY: setup repro test test-fast ui serve system-data browser repro-check lineage restore
 
 setup: $(VENV)/.installed system-data
 
@@ -45,6 +51,10 @@ repro: setup
 test: setup browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The unit tests alone (no end-to-end pipeline runs): well under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not e2e" -n 2
+
 # The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
 repro-check: setup
 	PYTHONPATH=src $(BIN)/python -m mnistflow.reprocheck
@@ -56,7 +66,15 @@ lineage: setup
 restore: setup
 	PYTHONPATH=src $(BIN)/python -m mnistflow.lineage restore $(RUN) $(DEST)
 
-# The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise.
+# The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise. First the
+# store is checked (repointed if the repo moved) and the page to open is printed.
 ui: setup
-	$(BIN)/mlflow server --host $(UI_HOST) --port $(UI_PORT) \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+	PYTHONPATH=src $(BIN)/python -m mnistflow.tracking
+	$(BIN)/mlflow server --host $(UI_HOST) --port $(UI_PORT) --backend-store-uri $(STORE)
+
+# The champion of one model (`make serve MODEL=lenet`) as a REST endpoint: POST raw pixels to /invocations.
+serve: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.tracking >/dev/null
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/mlflow models serve --env-manager local \
+		-m "models:/$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["data"]["dataset"])')-$(MODEL)@champion" \
+		--host $(SERVE_HOST) --port $(SERVE_PORT)

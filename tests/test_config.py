@@ -29,9 +29,11 @@ def test_the_project_params_are_valid():
     assert cfg.data.dataset == "fashion_mnist"
     assert set(cfg.variants) == {"crop22", "crop18"}
     params = cfg.run_params("cnn")
-    assert params["train.cnn.lr"] == cfg.model("cnn").lr
-    assert params["train.cnn.scheduler.name"] == cfg.model("cnn").scheduler.name
-    assert params["data.dataset"] == "fashion_mnist" and params["seed"] == cfg.seed
+    assert params["model"] == "cnn" and params["lr"] == cfg.model("cnn").lr
+    assert params["scheduler"] == cfg.model("cnn").scheduler.name
+    assert params["dataset"] == "fashion_mnist" and params["seed"] == cfg.seed
+    # One name means one thing for every model: the same keys whatever the model.
+    assert {m: sorted(cfg.run_params(m)) for m in cfg.models} == {m: sorted(params) for m in cfg.models}
 
 
 @pytest.mark.parametrize("path, value, message", [

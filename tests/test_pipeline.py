@@ -7,14 +7,17 @@ import re
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
 
 from conftest import ROOT, SECRET, make_project, pipeline_env, run
+from mnistflow.tracking import file_md5, ui_url
 
 sys.path.insert(0, "src")
 from mnistflow.models import create_model  # noqa: E402
@@ -32,8 +35,8 @@ def client_for(project) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
 
 
-def runs_of(client):
-    exp = client.get_experiment_by_name("mnist")
+def runs_of(client, experiment="mnist"):
+    exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
 
 
@@ -42,10 +45,30 @@ def project(tmp_path_factory, tiny_mirror):
     project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, mlp={"epochs": 2})
     first = dvc(project, "repro")
     FIRST_CNN.append((project / "models/cnn.pt").read_bytes())
+    FIRST_RUNS.extend(runs_of(client_for(project)))
+    FIRST_ARTIFACTS.update(artifacts_of(project, FIRST_RUNS))
     return project, first
 
 
 FIRST_CNN: list[bytes] = []  # the weights of the first training of cnn, for the restore test
+FIRST_RUNS: list = []  # the runs of the first pipeline run
+FIRST_ARTIFACTS: dict[str, bytes] = {}  # every artifact of those runs and their logged models
+
+
+def artifacts_of(project, runs) -> dict[str, bytes]:
+    """Every file under the runs' and their logged models' artifact folders, by path."""
+    client = client_for(project)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    roots = [r.info.artifact_uri for r in runs] + [
+        m.artifact_location for m in mlflow.search_logged_models(
+            experiment_ids=list({r.info.experiment_id for r in runs}), output_format="list")
+        if m.source_run_id in {r.info.run_id for r in runs}]
+    files = {}
+    for root in roots:
+        for path in sorted(Path(root.removeprefix("file://")).rglob("*")):
+            if path.is_file():
+                files[str(path)] = path.read_bytes()
+    return files
 
 
 def test_repro_writes_every_output(project):
@@ -77,22 +100,38 @@ def test_each_model_has_a_complete_mlflow_run(project):
     client = client_for(project)
     runs = runs_of(client)
     assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    exp = client.get_experiment(runs[0].info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training layout
+    view = json.loads(exp.tags["mlflow.sharedViewState.mnistflow"])  # the runs table's default columns
+    assert "metrics.`test_acc`" in view["selectedColumns"] and "params.`lr`" in view["selectedColumns"]
+    # One column means one thing for every model: the same param keys in every run.
+    assert len({tuple(sorted(r.data.params)) for r in runs}) == 1
     for r in runs:
         model = r.info.run_name
         assert r.info.status == "FINISHED"
-        assert r.data.params[f"train.{model}.optimizer"] in ("sgd", "adam")
-        assert r.data.params[f"train.{model}.scheduler.name"] == "cosine"
-        assert r.data.params["data.dataset"] == "mnist" and r.data.params["seed"] == "0"
-        assert {"git_commit", "git_dirty", "dataset", "device", "torch_version", "model_md5"} <= set(r.data.tags)
+        assert r.data.params["model"] == model and r.data.params["optimizer"] in ("sgd", "adam")
+        assert r.data.params["scheduler"] == "cosine" and "scheduler.eta_min" in r.data.params
+        assert r.data.params["dataset"] == "mnist" and r.data.params["seed"] == "0"
+        assert not [k for k in r.data.params if k.startswith("train.")]  # no second copy under params.yaml paths
+        params_file = mlflow.artifacts.load_text(f"{r.info.artifact_uri}/params.yaml")  # where they come from
+        assert yaml.safe_load(params_file)["train"][model]["lr"] == float(r.data.params["lr"])
+        assert {"git_commit", "git_dirty", "dataset", "device", "model_md5"} <= set(r.data.tags)
+        assert len(r.data.tags) <= 12 and not [t for t in r.data.tags if t.startswith("dvc.md5")]
         assert r.data.tags["device"] == "cpu"
-        assert EPOCH_METRICS <= set(r.data.metrics)
+        assert EPOCH_METRICS | {"train_seconds"} <= set(r.data.metrics)
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert steps == ([1, 2] if model == "mlp" else [1])
         assert "loss_curve.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+        inputs = {(d.dataset.name, d.tags[0].value) for d in r.inputs.dataset_inputs}
+        assert inputs == {("mnist-train", "training"), ("mnist-val", "validation"), ("mnist-test", "evaluation"),
+                          ("mnist-crop22", "evaluation"), ("mnist-crop18", "evaluation")}
+        (train,) = [d.dataset for d in r.inputs.dataset_inputs if d.dataset.name == "mnist-train"]
+        assert train.digest == file_md5(project / "data/processed/train.pt")[:8]  # DVC's md5 of the split
+        assert json.loads(train.profile)["features_shape"] == [500, 1, 28, 28]
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_logged_model_predicts_like_the_weights_file(project, model):
+def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(project, model, tmp_path):
     project, _ = project
     client = client_for(project)
     (r,) = [r for r in runs_of(client) if r.info.run_name == model]
@@ -100,13 +139,36 @@ def test_logged_model_predicts_like_the_weights_file(project, model):
     (logged,) = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id],
                                             filter_string=f"source_run_id = '{r.info.run_id}'",
                                             output_format="list")
-    from_mlflow = mlflow.pytorch.load_model(logged.model_uri)
+    assert logged.name == f"mnist-{model}" and logged.params["lr"] == r.data.params["lr"]
+    # The evaluation metrics are linked to the logged model: the Models tab compares by them.
+    assert {m.key: m.value for m in logged.metrics}["test_acc"] == r.data.metrics["test_acc"]
+    info = mlflow.models.get_model_info(f"models:/mnist-{model}@champion")
+    assert info.signature.inputs.inputs[0].type == np.dtype("uint8")
+    assert info.signature.inputs.inputs[0].shape == (-1, 1, 28, 28)
+    assert info.metadata["classes"] == [str(d) for d in range(10)] and "mean" in info.metadata
+    example = np.array(json.loads(mlflow.artifacts.load_text(f"{logged.artifact_location}/input_example.json")))
+    assert example.shape == (2, 1, 28, 28) and example.max() > 0  # real images, not zeros
+
+    test = torch.load(project / "data/processed/test.pt", weights_only=True)
+    stats = json.loads((project / "data/processed/stats.json").read_text())
     net = create_model(model)
     net.load_state_dict(torch.load(project / f"models/{model}.pt", weights_only=True))
     net.eval()
-    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(from_mlflow(x), net(x))
+        expected = net((test["images"].float() / 255 - stats["mean"]) / stats["std"]).argmax(1)
+    # dst_path: loading a models:/ URI from a local store would write a registered_model_meta
+    # file into the logged model's own folder (MLflow's ModelsArtifactRepository does).
+    served = mlflow.pyfunc.load_model(f"models:/mnist-{model}@champion", dst_path=str(tmp_path)).predict(
+        test["images"].numpy())
+    predicted = [int(c) for c in served["class"]]  # the class names of mnist are its digits
+    assert predicted == expected.tolist()
+    assert ((torch.tensor(predicted) == test["labels"]).float().mean().item()
+            == pytest.approx(r.data.metrics["test_acc"]))
+    assert np.allclose([sum(p.values()) for p in served["probabilities"]], 1, atol=1e-4)
+    # The PyTorch flavour still loads: raw uint8 in, probabilities out.
+    torch_model = mlflow.pytorch.load_model(logged.model_uri, dst_path=str(tmp_path))
+    with torch.no_grad():
+        assert torch_model(test["images"][:8]).argmax(1).tolist() == expected[:8].tolist()
 
 
 def test_nothing_secret_from_the_environment_reaches_mlflow(project):
@@ -150,7 +212,7 @@ def test_evaluation_outputs_and_figures(project):
             assert header == "actual,predicted" and len(rows) == 200
     assert json.loads((project / "reports/eval/mlp.json").read_text())["test"]["acc"] > 0.5
     figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
-        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "weights", "predictions")} | {
+        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "weights", "mistakes")} | {
         "feature_maps_cnn.png", "feature_maps_lenet.png"}
     assert {p.name for p in (project / "reports/figures").iterdir()} == figures
     for name in figures:
@@ -163,18 +225,22 @@ def test_evaluation_outputs_and_figures(project):
     assert "Loss per epoch" in plots["data"] and "reports/eval/cnn/confusion_test.csv" in plots["data"]
 
 
-def test_each_run_holds_training_and_evaluation_metrics_and_figures(project):
+def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_own(project):
     project, _ = project
     client = client_for(project)
     for r in runs_of(client):
         metrics = set(r.data.metrics)
         assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
-        assert "confusion_test.png" in artifacts and "figures" in artifacts
+        assert "confusion_test.png" in artifacts and "figures" not in artifacts
         per_class = json.loads((project / f"reports/eval/{r.info.run_name}.per_class.json").read_text())
         assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == per_class
-        figures = [a.path for a in client.list_artifacts(r.info.run_id, "figures")]
-        assert f"figures/predictions_{r.info.run_name}.png" in figures and "figures/robustness.png" in figures
+    (report,) = runs_of(client, "mnist-reports")
+    assert report.info.run_name == "report" and report.info.status == "FINISHED"
+    figures = [a.path for a in client.list_artifacts(report.info.run_id, "figures")]
+    assert "figures/robustness.png" in figures and "figures/mistakes_cnn.png" in figures
+    assert mlflow.artifacts.load_text(f"{report.info.artifact_uri}/index.html") == \
+        (project / "reports/index.html").read_text()
 
 
 def test_evaluation_is_byte_identical_when_run_again(project):
@@ -209,14 +275,15 @@ def test_report_page_renders_offline_in_headless_chromium(project, tmp_path):
     if browser is None:
         pytest.skip("chromium is not installed (make test installs it where it runs as root with apt-get)")
     page = (project / "reports/index.html").read_text()
-    assert "http" not in page.replace(tracking_ui(), "")  # nothing from the network
+    assert "http" not in page.replace(ui_url(), "")  # nothing from the network but links to `make ui`
     # A copy beside the original (so relative image paths resolve) that reports what loaded.
     probe = page.replace("</body>", """<script>
 window.addEventListener("load", () => {
   const pre = document.createElement("pre"); pre.id = "probe";
   pre.textContent = JSON.stringify({
     images: [...document.images].map(i => [i.getAttribute("src"), i.naturalWidth]),
-    rows: document.querySelectorAll("#accuracy tr").length});
+    rows: document.querySelectorAll("#accuracy tr").length,
+    models: [...document.querySelectorAll("section[id^=model-]")].map(s => [s.id, s.querySelector(".facts").innerText])});
   document.body.appendChild(pre);
 });
 </script></body>""")
@@ -233,11 +300,12 @@ window.addEventListener("load", () => {
     assert len(result["images"]) == 14
     assert [src for src, width in result["images"] if width == 0] == []
     assert result["rows"] == 1 + len(MODELS)
-
-
-def tracking_ui():
-    from mnistflow.tracking import UI_URL
-    return UI_URL
+    assert result["images"][0][0].endswith("/robustness.png")  # the table and the robustness figure first
+    assert [m for m, _ in result["models"]] == [f"model-{m}" for m in MODELS]
+    for model, facts in result["models"]:
+        for what in ("parameters", "training time", "val acc", "test acc", "git commit", "MLflow run"):
+            assert what in facts, (model, what)
+    assert page.count(f"{ui_url()}/#/experiments/") == 2 + len(MODELS)  # the experiment (href, text), each run
 
 
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
@@ -257,7 +325,7 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
                    "Running stage 'visualize':"]
     latest = runs_of(client)[-1]
     assert len(runs_of(client)) == before + 1
-    assert latest.info.run_name == "cnn" and latest.data.params["train.cnn.lr"] == "0.01"
+    assert latest.info.run_name == "cnn" and latest.data.params["lr"] == "0.01"
 
 
 def test_dvc_exp_run_temp_lands_in_the_same_store(project):
@@ -270,10 +338,27 @@ def test_dvc_exp_run_temp_lands_in_the_same_store(project):
     runs = runs_of(client)
     assert len(runs) == before + 1
     latest = runs[-1]
-    assert latest.info.run_name == "lenet" and latest.data.params["train.lenet.lr"] == "0.002"
+    assert latest.info.run_name == "lenet" and latest.data.params["lr"] == "0.002"
     assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
     assert latest.info.status == "FINISHED"
     assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
+
+
+def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never_change(project):
+    project, _ = project
+    client = client_for(project)
+    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    dvc(project, "exp", "run", "--temp", "-S", "train.mlp.lr=0.0000001", "-S", "train.mlp.epochs=1", "-n", "worse")
+    worse = runs_of(client)[-1]
+    assert worse.info.run_name == "mlp" and worse.data.tags["dvc_exp_name"] == "worse"
+    assert worse.data.metrics["test_acc"] < client.get_run(champion.run_id).data.metrics["test_acc"]
+    newest = max(client.search_model_versions("name = 'mnist-mlp'"), key=lambda v: int(v.version))
+    assert newest.run_id == worse.info.run_id
+    assert client.get_model_version_by_alias("mnist-mlp", "candidate").version == newest.version
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").version == champion.version
+    # Three pipeline runs later (an lr change, two experiments), the first runs are as they were.
+    assert artifacts_of(project, [client.get_run(r.info.run_id) for r in FIRST_RUNS]) == FIRST_ARTIFACTS
+    assert [client.get_run(r.info.run_id).data.metrics for r in FIRST_RUNS] == [r.data.metrics for r in FIRST_RUNS]
 
 
 def test_visualization_and_variant_changes_retrain_nothing(project):
@@ -297,7 +382,7 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     project, _ = project
     client = client_for(project)
     first_cnn = [r for r in runs_of(client) if r.info.run_name == "cnn"][0]
-    assert first_cnn.data.params["train.cnn.lr"] != "0.01"  # trained before the lr change
+    assert first_cnn.data.params["lr"] != "0.01"  # trained before the lr change
     assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]  # the workspace moved on
     env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
     shown = run([sys.executable, "-m", "mnistflow.lineage", "show", first_cnn.info.run_id], project, env).stdout
@@ -307,8 +392,7 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     run([sys.executable, "-m", "mnistflow.lineage", "restore", first_cnn.info.run_id, str(dest)], project, env)
     assert (dest / "models/cnn.pt").read_bytes() == FIRST_CNN[0]
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["cnn"]["lr"] == \
-        float(first_cnn.data.params["train.cnn.lr"])
-    assert "dvc.md5.data/processed/train.pt" in first_cnn.data.tags
+        float(first_cnn.data.params["lr"])
 
     # When the cache no longer holds the model, say so and how to get it.
     cached = project / ".dvc/cache/files/md5" / first_cnn.data.tags["model_md5"][:2] / \
@@ -321,6 +405,10 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
         (tmp_path / "saved").rename(cached)
     assert failed.returncode == 1
     assert "no longer holds the model" in failed.stderr and "dvc pull" in failed.stderr
+    for command in (["show", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
+        bad = run([sys.executable, "-m", "mnistflow.lineage", *command], project, env, check=False)
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr
+        assert bad.stderr.startswith("error: no MLflow run '0123456789abcdef'") and bad.stderr.count("\n") == 1
 
 
 def test_four_queued_experiments_on_two_workers_all_land_complete(project):
@@ -343,8 +431,8 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
     assert status.count("Success") == 4, f"{status}\n{workers[-3000:]}"
     client = client_for(project)
-    swept = [r for r in runs_of(client) if r.info.run_name == "mlp" and r.data.params["train.mlp.lr"] in rates]
-    assert sorted(r.data.params["train.mlp.lr"] for r in swept) == rates
+    swept = [r for r in runs_of(client) if r.info.run_name == "mlp" and r.data.params["lr"] in rates]
+    assert sorted(r.data.params["lr"] for r in swept) == rates
     for r in swept:
         assert r.info.status == "FINISHED" and r.data.tags.get("dvc_exp_name")
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
@@ -352,3 +440,27 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
         mlflow.set_tracking_uri(client.tracking_uri)
         assert mlflow.search_logged_models(experiment_ids=[r.info.experiment_id], output_format="list",
                                            filter_string=f"source_run_id = '{r.info.run_id}'")
+
+
+def test_a_moved_copy_of_the_repo_keeps_its_store_working(project, tmp_path):
+    project, _ = project
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved, symlinks=True)
+    before = sorted((project / "mlruns/artifacts").iterdir())
+    params = yaml.safe_load((moved / "params.yaml").read_text())
+    params["train"]["mlp"]["lr"] = 0.004
+    (moved / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(moved, "repro")
+    assert f"the MLflow store {moved / 'mlruns'} was moved here from {project / 'mlruns'}" in out.stdout + out.stderr
+    client = client_for(moved)
+    new = runs_of(client)[-1]
+    assert new.data.params["lr"] == "0.004"
+    assert new.info.artifact_uri.startswith((moved / "mlruns").as_uri())
+    assert (moved / "mlruns/artifacts" / new.info.run_id / "artifacts/loss_curve.png").is_file()
+    assert sorted((project / "mlruns/artifacts").iterdir()) == before  # nothing landed in the original
+    old = FIRST_RUNS[0]
+    assert client.get_run(old.info.run_id).info.artifact_uri.startswith((moved / "mlruns").as_uri())
+    mlflow.set_tracking_uri(client.tracking_uri)
+    assert mlflow.artifacts.load_dict(f"runs:/{old.info.run_id}/per_class_acc.json")
+    image = torch.load(moved / "data/processed/test.pt", weights_only=True)["images"][:1].numpy()
+    assert len(mlflow.pyfunc.load_model("models:/mnist-mlp@champion", dst_path=str(tmp_path)).predict(image)) == 1

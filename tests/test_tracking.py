@@ -52,8 +52,47 @@ def test_tags_record_git_state_and_the_dvc_experiment(monkeypatch, tmp_path):
     monkeypatch.setenv("DVC_EXP_NAME", "lucky-lr")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
     tags = tracking.run_tags("mnist", torch.device("cpu"))
-    assert tags["dvc_exp_name"] == "lucky-lr" and tags["dvc_exp_baseline_rev"] == "abc123"
-    assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__
+    assert tags["dvc_exp_name"] == "lucky-lr" and tags["device"] == "cpu"
+    env = tracking.environment()  # the rest goes to lineage.json, not into tags
+    assert env["dvc_exp_baseline_rev"] == "abc123" and env["torch_version"] == torch.__version__
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")  # tests run in a clone
     monkeypatch.chdir(tmp_path)  # not a git repo
     assert tracking.git_state() == {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def test_a_moved_store_is_repointed_and_its_artifacts_stay_readable(store, tmp_path, monkeypatch):
+    with tracking.tracked_run("exp", "cnn", {"lr": 0.1}, {"dataset": "mnist"}) as run:
+        tracking.mlflow.log_dict({"a": 1}, "a.json")
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    try:
+        monkeypatch.setenv("DVC_ROOT", str(moved))
+        db = moved / "mlruns" / "mlflow.db"
+        assert tracking.relocate_store(db) == 2  # the experiment and the run
+        assert tracking.relocate_store(db) == 0  # once is enough
+        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        uri = client.get_run(run.info.run_id).info.artifact_uri
+        assert uri.startswith((moved / "mlruns").as_uri())
+        assert tracking.mlflow.artifacts.load_dict(f"{uri}/a.json") == {"a": 1}
+        assert client.get_experiment_by_name("exp").artifact_location == (moved / "mlruns" / "artifacts").as_uri()
+    finally:
+        moved.rename(tmp_path)
+
+
+def test_champion_moves_only_to_a_better_version(store):
+    client = store
+    tracking.use_store()
+    client.create_registered_model("mnist-cnn")
+    exp = tracking.experiment_id("mnist")
+
+    def version(test_acc):
+        run = client.create_run(exp, run_name="cnn")
+        client.log_metric(run.info.run_id, "test_acc", test_acc)
+        client.create_model_version("mnist-cnn", "file:///nowhere", run_id=run.info.run_id)
+        tracking.promote("mnist-cnn", run.info.run_id, test_acc)
+        return client.get_model_version_by_alias("mnist-cnn", "champion").version
+
+    assert version(0.80) == 1
+    assert version(0.70) == 1  # worse: stays
+    assert version(0.80) == 1  # a tie is not better
+    assert version(0.90) == 4

@@ -37,9 +37,6 @@ class SchedulerConfig:
     name: str
     settings: dict[str, Any]
 
-    def flat(self) -> dict[str, Any]:
-        return {"name": self.name, **self.settings}
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -54,7 +51,8 @@ class ModelConfig:
 
     def flat(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scheduler"}
-        out.update({f"scheduler.{k}": v for k, v in self.scheduler.flat().items()})
+        out["scheduler"] = self.scheduler.name
+        out.update({f"scheduler.{k}": v for k, v in self.scheduler.settings.items()})
         return out
 
 
@@ -87,18 +85,19 @@ class Config:
         return self.model_configs[name]
 
     def run_params(self, name: str) -> dict[str, Any]:
-        """What an MLflow run of one model records: its whole config, data and seed."""
-        params = {f"train.{name}.{k}": v for k, v in self.model(name).flat().items()}
-        params.update({
+        """What an MLflow run of one model records, under names that mean the same for every
+        model (one column per setting in the UI): its settings, the data and the seed. Where
+        they sit in params.yaml (train.<model>.lr) is in the run's params.yaml artifact."""
+        return {
             "model": name,
+            **self.model(name).flat(),
+            "dataset": self.data.dataset,
+            "val_size": self.data.val_size,
             "seed": self.seed,
             "device": self.device,
             "amp": self.amp,
             "deterministic": self.deterministic,
-            "data.dataset": self.data.dataset,
-            "data.val_size": self.data.val_size,
-        })
-        return params
+        }
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

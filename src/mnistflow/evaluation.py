@@ -56,9 +56,10 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     norm = Normalizer(**read_stats(data_dir))
     classes = list(DATASETS[cfg.data.dataset].classes)
     sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.variants}}
-    report, figures = {}, {}
+    report, figures, datasets = {}, {}, {}
     for set_name, path in sets.items():
         split = load_split(path).to(device)
+        datasets[set_name] = tracking.dataset(f"{cfg.data.dataset}-{set_name}", path, split.images, split.labels)
         preds, loss = predict(model, split, norm)
         metrics = classification_metrics(preds, split.labels, classes)
         confusion = metrics.pop("confusion")
@@ -73,6 +74,6 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     per_class = {s: m.pop("per_class_acc") for s, m in report.items()}
     write_json(per_class_path, per_class)
     write_json(metrics_path, report)
-    flat = {f"{s}_{k}": v for s, m in report.items() for k, v in m.items()}
-    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), flat, figures, per_class)
+    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), report, datasets, figures,
+                            per_class)
     return report

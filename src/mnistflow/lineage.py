@@ -40,29 +40,26 @@ def lock_entries(stage_name: str, root: Path | str = ".") -> dict[str, dict]:
 
 
 def record() -> None:
-    """Into the active MLflow run: the stage's lock entries (artifact) and their dep/out md5s
-    (tags). Outside DVC (a stage script run by hand) there is no stage to describe."""
+    """Into the active MLflow run, as one artifact: the stage's lock entries (every dep and out
+    with its md5, and the params) and where it ran. Outside DVC (a stage script run by hand)
+    there is no stage to describe."""
     stage_name = os.environ.get("DVC_STAGE")
     if not stage_name:
         log.info("not run by DVC: no lineage recorded")
         return
     entries = lock_entries(stage_name, Path.cwd())
-    tags = {"dvc_stage": stage_name, "dvc_root": str(repo_root())}
-    for entry in entries.values():
-        for item in entry.get("deps", []) + entry.get("outs", []):
-            tags[f"dvc.md5.{item['path']}"] = item["md5"]
-    tracking.log_lineage(entries, tags, LINEAGE_ARTIFACT)
+    tracking.log_lineage({"stages": entries, "environment": tracking.environment()}, LINEAGE_ARTIFACT)
     log.info("lineage of %s recorded (%d stages)", stage_name, len(entries))
 
 
 def describe(run_id: str) -> str:
-    run, entries = _load(run_id)
+    run, entries, env = _load(run_id)
     tags = run.data.tags
     lines = [f"MLflow run {run_id} ({run.info.run_name}, {run.info.status})",
              f"  git commit   {tags.get('git_commit')} (dirty: {tags.get('git_dirty')})",
-             f"  dvc stage    {tags.get('dvc_stage')}"]
+             f"  dvc stage    {env.get('dvc_stage')}"]
     if tags.get("dvc_exp_name"):
-        lines.append(f"  dvc exp      {tags['dvc_exp_name']} (baseline {tags.get('dvc_exp_baseline_rev')})")
+        lines.append(f"  dvc exp      {tags['dvc_exp_name']} (baseline {env.get('dvc_exp_baseline_rev')})")
     lines.append(f"  model md5    {tags.get('model_md5')}")
     for name, entry in entries.items():
         lines.append(f"  stage {name}")
@@ -78,9 +75,11 @@ def describe(run_id: str) -> str:
 def restore(run_id: str, dest: Path) -> Path:
     """A git worktree at the run's commit, its params and DVC outputs as the run had them
     (checked out from this repo's DVC cache), the model verified against the run's md5."""
-    run, entries = _load(run_id)
+    run, entries, _ = _load(run_id)
     tags = run.data.tags
-    root = Path(tags.get("dvc_root") or repo_root())
+    if "git_commit" not in tags or "model_md5" not in tags:
+        raise MnistflowError(f"run {run_id} records no git commit or model md5: it is not a training run")
+    root = repo_root()  # the repo we are in: its store holds the run, its cache the outputs
     dest = Path(dest).resolve()
     if dest.exists():
         raise MnistflowError(f"{dest} already exists; give a new directory")
@@ -101,19 +100,24 @@ def restore(run_id: str, dest: Path) -> Path:
     return dest
 
 
-def _load(run_id: str):
+def _load(run_id: str) -> tuple[object, dict, dict]:
+    """The run, its stages' lock entries and its environment."""
     tracking.use_store()
     client = tracking.mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
-    except tracking.mlflow.exceptions.MlflowException as exc:
+    except tracking.MlflowException as exc:
         raise MnistflowError(f"no MLflow run {run_id!r} in {tracking.tracking_uri()}: {exc.message}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, LINEAGE_ARTIFACT, tmp)
-        except Exception:
-            raise MnistflowError(f"run {run_id} has no {LINEAGE_ARTIFACT}: it was not made by a DVC stage") from None
-        return run, json.loads(Path(path).read_text())
+        except Exception as exc:
+            raise MnistflowError(f"run {run_id} has no readable {LINEAGE_ARTIFACT} (not made by a DVC stage, "
+                                 f"or its artifacts are gone): {str(exc).splitlines()[0]}") from None
+        lineage = json.loads(Path(path).read_text())
+    if "stages" not in lineage:  # recorded before the environment was added: stages only
+        lineage = {"stages": lineage, "environment": {}}
+    return run, lineage["stages"], lineage["environment"]
 
 
 def _model_path(entries: dict, model: str) -> str:
@@ -148,10 +152,13 @@ def main() -> None:
     restore_cmd.add_argument("run_id")
     restore_cmd.add_argument("dest", type=Path)
     args = parser.parse_args()
-    if args.command == "show":
-        print(describe(args.run_id))
-    else:
-        print(f"restored into {restore(args.run_id, args.dest)}")
+    try:
+        if args.command == "show":
+            print(describe(args.run_id))
+        else:
+            print(f"restored into {restore(args.run_id, args.dest)}")
+    except (OSError, tracking.MlflowException) as exc:  # one line for the user, not a traceback
+        raise MnistflowError(f"{args.command} {args.run_id}: {str(exc).splitlines()[0]}") from None
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ def image_grid(images, titles: list[str], title: str, colors: list[str] | None =
     return fig
 
 
+def message(text: str) -> Figure:
+    """A figure that says there is nothing to draw, where a reader expects one."""
+    fig = Figure(figsize=(6, 1.5))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    return fig
+
+
 def loss_curves(histories: dict[str, list[dict]]) -> Figure:
     """Train (dashed) and validation (solid) loss and accuracy of every model on shared axes."""
     fig = Figure(figsize=(12, 4.5), layout="tight")

@@ -1,12 +1,16 @@
-"""Everything MLflow: where the store is, one run per trained model, what it records."""
+"""Everything MLflow: where the store is, one run per trained model, what it records, the
+registered models and their aliases, and one run per report the visualize stage draws."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
-import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,45 +20,119 @@ from mnistflow.io import repo_root
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
 
 import mlflow  # noqa: E402, I001
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mlflow.entities import Metric, RunStatus  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag, RunStatus  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from mnistflow import serving  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+CHAMPION, CANDIDATE = "champion", "candidate"
+# The MLflow 3 UI picks its layout from a workflow type in the page's URL (or the browser's last
+# choice), and the runs table's columns from a saved view: an experiment tag
+# `mlflow.sharedViewState.<key>` that `?viewStateShareKey=<key>` opens. Older UIs read the tag
+# `mlflow.experimentKind`. Links we print or write carry both.
+VIEW_KEY = "mnistflow"
+UI_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+PROCESS_TAG = "process"  # host:pid of the stage that runs it; finds runs a `kill -9` left RUNNING
 
-UI_URL = "http://127.0.0.1:5000"  # where `make ui` serves the MLflow UI
+
+def ui_url() -> str:
+    """Where `make ui` serves the MLflow UI (the Makefile exports MLFLOW_UI_URL from its host and port)."""
+    return os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def experiment_url(exp_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{exp_id}/runs?{UI_QUERY}"
+
+
+def run_url(exp_id: str, run_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
 
 
-def _sqlite_path() -> Path:
-    return Path(tracking_uri().removeprefix("sqlite:///")).resolve()
+def _sqlite_path() -> Path | None:
+    uri = tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
 
 
 def use_store() -> None:
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        _sqlite_path().parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    db = _sqlite_path()
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        relocate_store(db)
+    mlflow.set_tracking_uri(tracking_uri())
 
 
-def experiment_id(name: str) -> str:
-    """Get or create the experiment; its artifacts go to an absolute path under mlruns/
-    (a relative one would resolve inside DVC's temporary experiment copy and be lost)."""
+def relocate_store(db: Path) -> int:
+    """A store copied or moved with its repo still names the old folder in every artifact
+    location (MLflow keeps them absolute). Point those at this folder; say so. Returns the
+    number of locations changed."""
+    if not db.exists():
+        return 0
+    here = str(db.parent)
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        if "experiments" not in tables:
+            return 0
+        old_roots = set()
+        for (location,) in con.execute("select artifact_location from experiments"):
+            path = (location or "").removeprefix("file://")
+            if path.endswith("/artifacts") and Path(path).parent.name == "mlruns" and \
+                    str(Path(path).parent) != here:
+                old_roots.add(str(Path(path).parent))
+        changed = 0
+        for old in old_roots:
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                  ("logged_models", "artifact_location"),
+                                  ("model_versions", "storage_location")):
+                if table in tables:
+                    changed += con.execute(
+                        f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
+                        (old + "/", here + "/", f"%{old}/%")).rowcount
+            log.warning("the MLflow store %s was moved here from %s: %d artifact locations now point here",
+                        db.parent, old, changed)
+    return changed
+
+
+def experiment_id(name: str, view_sets: list[str] = ()) -> str:
+    """Get or create the experiment: the model-training layout, a saved view of the runs table
+    with the headline metrics (accuracy on `view_sets`) and the params that tell runs apart,
+    and its artifacts in an absolute folder under mlruns/ (a relative one would resolve
+    inside DVC's temporary experiment copy and be lost)."""
     use_store()
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None  # a tracking server decides for itself
-    if tracking_uri().startswith("sqlite:///"):
-        location = (_sqlite_path().parent / "artifacts").as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
-        return mlflow.get_experiment_by_name(name).experiment_id
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        db = _sqlite_path()
+        location = (db.parent / "artifacts").as_uri() if db else None  # a server decides for itself
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel stage
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment(exp_id)
+    tags = {"mlflow.experimentKind": "custom_model_development",
+            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(_runs_view(view_sets))}
+    for key, value in tags.items():
+        if view_sets and exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+HEADLINE_PARAMS = ["model", "optimizer", "lr", "epochs", "batch_size", "shift"]
+
+
+def _runs_view(sets: list[str]) -> dict:
+    """The runs table as the UI saves a view: accuracy per set, training time and the
+    params that differ between models, newest first."""
+    metrics = [f"{s}_acc" for s in sets] + ["val_acc", "train_seconds"]
+    return {"orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in metrics),
+                                *(f"params.`{p}`" for p in HEADLINE_PARAMS)]}
 
 
 def git_state() -> dict[str, str]:
@@ -72,20 +150,30 @@ def file_md5(path: str | Path) -> str:
 
 
 def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
-    tags = {"dataset": dataset, "device": str(device), "torch_version": torch.__version__, **git_state()}
-    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
+    """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
+    tags = {"dataset": dataset, "device": str(device), **git_state()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def environment() -> dict[str, str]:
+    """What else describes where a run ran: recorded in its lineage.json, not as tags."""
+    env = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
+           "dvc_root": str(repo_root()), "host": socket.gethostname()}
+    for var in ("DVC_STAGE", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            env[var.lower()] = os.environ[var]
+    return env
 
 
 @contextmanager
 def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
-                run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+                run_id: str | None = None, view_sets: list[str] = ()) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt.
     `run_id` continues that run (a training resumed after a kill) when the store has it.
     Runs that a `kill -9` left RUNNING are marked FAILED first."""
-    exp_id = experiment_id(experiment)
+    exp_id = experiment_id(experiment, view_sets)
     fail_dead_runs(exp_id)
     client = mlflow.MlflowClient()
     if run_id and _run_exists(client, run_id):
@@ -94,7 +182,7 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     else:
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking_uri())
-    mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
+    mlflow.set_tag(PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
     try:
         mlflow.log_params(params)
         yield run
@@ -111,7 +199,7 @@ def _run_exists(client, run_id: str) -> bool:
     try:
         client.get_run(run_id)
         return True
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return False
 
 
@@ -121,8 +209,8 @@ def fail_dead_runs(exp_id: str) -> None:
     client = mlflow.MlflowClient()
     host = socket.gethostname()
     for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'"):
-        pid = run.data.tags.get("pid")
-        if run.data.tags.get("host") == host and pid and not _alive(int(pid)):
+        run_host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if run_host == host and pid.isdigit() and not _alive(int(pid)):
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
             log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked FAILED",
                         run.info.run_id, run.info.run_name)
@@ -146,28 +234,56 @@ def log_epoch(result) -> None:
     }, step=result.epoch)
 
 
+def log_metric(key: str, value: float) -> None:
+    mlflow.log_metric(key, value)
+
+
 def log_figure(fig, name: str) -> None:
     mlflow.log_figure(fig, name)
 
 
-def log_model_args(model: torch.nn.Module) -> dict:
-    """What `mlflow.pytorch.log_model` gets besides the model (on the CPU, in eval mode)."""
-    # A batch of 2: torch.export fixes a size-1 batch dimension, and the model must take any batch.
-    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
+def dataset(name: str, path: Path, images: torch.Tensor, labels: torch.Tensor):
+    """A split as an MLflow dataset: its shape and size, its file, and DVC's md5 of that file
+    as the digest (so runs on the same bytes show the same digest)."""
+    with warnings.catch_warnings():  # MLflow registers its local-file source class twice, and says so
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        return mlflow.data.from_numpy(images.cpu().numpy(), targets=labels.cpu().numpy(), name=name,
+                                      source=str(path), digest=file_md5(path)[:8])
+
+
+def log_inputs(run_id: str, datasets: list, context: str) -> None:
+    mlflow.MlflowClient().log_inputs(run_id, [
+        DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]) for d in datasets])
+
+
+def model_name(dataset_name: str, model: str) -> str:
+    """The logged and registered model's name: one registered model per dataset and model."""
+    return f"{dataset_name}-{model}"
+
+
+def log_model_args(model: torch.nn.Module, mean: float, std: float, classes: list[str],
+                   example: torch.Tensor) -> dict:
+    """What `Model.log` gets for the served form of `model` (on the CPU, in eval mode):
+    raw uint8 pixels in, standardized inside, class probabilities and names out."""
+    example = example.cpu().numpy()  # a batch of 2: torch.export fixes a size-1 batch dimension
     # Naming the requirements skips MLflow's inference of them, a fresh Python process that
     # imports torch again (seconds per model) and picks up unrelated imports such as tqdm.
-    return {"input_example": example, "signature": mlflow.models.infer_signature(example, output),
-            "pip_requirements": mlflow.pytorch.get_default_pip_requirements()}
+    return {"flavor": serving, "pytorch_model": serving.RawPixelClassifier(model, mean, std).eval(),
+            "classes": classes, "input_example": example, "signature": serving.signature(example.shape),
+            "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
+            "metadata": {"classes": classes, "mean": mean, "std": std,
+                         "input": f"uint8 pixels 0-255, shape (N, {', '.join(map(str, example.shape[1:]))})"}}
 
 
-def log_model(model: torch.nn.Module, weights_path: Path) -> None:
-    """Log the model (pt2 format, with an input example and signature) and tag the run
-    with the md5 of the weights file, which is how later stages find this run."""
-    model = model.cpu().eval()
-    mlflow.pytorch.log_model(model, name="model", **log_model_args(model))
+def log_model(model: torch.nn.Module, weights_path: Path, name: str, **served) -> None:
+    """Log and register the served model (see log_model_args), point `candidate` at the new
+    version, and tag the run with the md5 of the weights file: how later stages find it."""
+    run = mlflow.active_run()
+    info = mlflow.models.Model.log(artifact_path=None, name=name, registered_model_name=name,
+                                   **log_model_args(model.cpu().eval(), **served))
+    mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE, info.registered_model_version)
     mlflow.set_tag("model_md5", file_md5(weights_path))
+    log.info("model %s version %s logged in run %s", name, info.registered_model_version, run.info.run_id)
 
 
 def find_training_run(experiment: str, model: str, model_md5: str):
@@ -198,25 +314,114 @@ def run_for_model(experiment: str, model: str, model_md5: str) -> str:
     return new.info.run_id
 
 
-def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict, figures: dict,
-                   per_class: dict) -> str:
-    """Add evaluation metrics, figures and per-class accuracy to the model's run without reopening it."""
+def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict[str, dict],
+                   datasets: dict[str, object], figures: dict, per_class: dict) -> str:
+    """Add evaluation to the model's run without reopening it: metrics per set, linked to the
+    set's dataset and to the logged model (so the Models tab compares by them), figures and
+    per-class accuracy; then move `champion` to this version when it is the best so far."""
+    experiment_id(experiment, list(metrics))  # the saved view's columns follow the sets evaluated
     run_id = run_for_model(experiment, model, model_md5)
     client = mlflow.MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    outputs = client.get_run(run_id).outputs
+    model_id = outputs.model_outputs[0].model_id if outputs and outputs.model_outputs else None
+    log_inputs(run_id, list(datasets.values()), "evaluation")
+    for set_name, values in metrics.items():
+        mlflow.log_metrics({f"{set_name}_{k}": float(v) for k, v in values.items()}, step=0,
+                           run_id=run_id, model_id=model_id, dataset=datasets[set_name])
     for name, fig in figures.items():
         client.log_figure(run_id, fig, name)
     client.log_dict(run_id, per_class, "per_class_acc.json")
+    if model_id is not None:
+        promote(model_name(experiment, model), run_id, metrics["test"]["acc"])
     return run_id
 
 
-def log_artifacts(run_id: str, paths: list[Path], folder: str) -> None:
+def promote(name: str, run_id: str, test_acc: float) -> None:
+    """Point `champion` at the version of `run_id` when its test accuracy beats the champion's."""
     client = mlflow.MlflowClient()
-    for path in paths:
-        client.log_artifact(run_id, str(path), folder)
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return
+    version = max(versions, key=lambda v: int(v.version))
+    with _registry_lock():  # parallel `dvc queue` workers must not both win
+        try:
+            champion = client.get_model_version_by_alias(name, CHAMPION)
+            best = client.get_run(champion.run_id).data.metrics.get("test_acc", float("-inf"))
+        except MlflowException:
+            champion, best = None, float("-inf")
+        if champion is not None and champion.version == version.version:
+            return
+        if test_acc > best:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+            log.info("%s version %s (test_acc %.4f) is the new %s", name, version.version, test_acc, CHAMPION)
+        else:
+            log.info("%s stays at version %s (test_acc %.4f >= %.4f)", CHAMPION, champion.version, best, test_acc)
 
 
-def log_lineage(entries: dict, tags: dict, artifact: str) -> None:
-    mlflow.log_dict(entries, artifact)
-    mlflow.set_tags(tags)
+@contextmanager
+def _registry_lock() -> Iterator[None]:
+    db = _sqlite_path()
+    if db is None:  # a tracking server: no shared folder to lock in
+        yield
+        return
+    with open(db.parent / ".registry.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def run_summary(run) -> dict:
+    """What the report page shows of a training run."""
+    metrics = run.data.metrics
+    return {"run_id": run.info.run_id, "url": run_url(run.info.experiment_id, run.info.run_id),
+            "train_seconds": metrics.get("train_seconds"), "git_commit": run.data.tags.get("git_commit"),
+            "dvc_exp_name": run.data.tags.get("dvc_exp_name")}
+
+
+def reports_experiment(dataset_name: str) -> str:
+    """Where report runs go: beside the models' experiment, not in it, so its runs table
+    compares models only."""
+    return f"{dataset_name}-reports"
+
+
+def log_report(dataset_name: str, files: list[Path], tags: dict) -> str:
+    """A run of its own for one drawing of the report (figures that span models and the page),
+    so no finished run of a model is ever changed by a later pipeline run."""
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id(reports_experiment(dataset_name)), run_name="report", tags=tags)
+    try:
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path), "figures" if path.suffix == ".png" else None)
+    except BaseException:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def log_lineage(lineage: dict, artifact: str) -> None:
+    mlflow.log_dict(lineage, artifact)
+
+
+def log_params_file(path: Path) -> None:
+    """params.yaml as the stage read it: where each logged param sits in it (train.<model>.lr)."""
+    mlflow.log_artifact(str(path))
+
+
+
+def main() -> None:
+    """`python -m mnistflow.tracking [DATASET]`: repair a moved store, print where to look."""
+    import sys
+
+    use_store()
+    client = mlflow.MlflowClient()
+    names = sys.argv[1:] or [e.name for e in client.search_experiments() if e.name != "Default"]
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            print(f"{name}: {experiment_url(exp.experiment_id)}")
+
+
+if __name__ == "__main__":
+    from mnistflow.errors import run_stage
+
+    run_stage(main)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from mnistflow import lineage, tracking
 from mnistflow.config import Config, ModelConfig
+from mnistflow.datasets import DATASETS
 from mnistflow.device import autocast, select_device, set_determinism
 from mnistflow.errors import MnistflowError
 from mnistflow.io import load_torch, save_torch, write_csv, write_json
@@ -180,10 +181,13 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     params = cfg.run_params(name)
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
     resume = checkpoint.load() if cfg.resume else None
-    with tracking.tracked_run(cfg.data.dataset, name, params,
-                              tracking.run_tags(cfg.data.dataset, device),
-                              run_id=resume and resume["run_id"]) as run:
+    dataset = cfg.data.dataset
+    with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
+                              run_id=resume and resume["run_id"], view_sets=["test", *cfg.variants]) as run:
         run_id = run.info.run_id
+        for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
+            tracking.log_inputs(run_id, [tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
+                                                          split.images, split.labels)], context)
         if resume and resume["run_id"] != run_id:  # the old run is gone: give the new one the history
             for row in resume["history"]:
                 tracking.log_epoch(EpochResult(**row))
@@ -194,9 +198,12 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         last = history[-1]
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
         write_csv(history_path, [r.row() for r in history])
-        fig = loss_curve(history, f"{name} on {cfg.data.dataset}")
-        tracking.log_figure(fig, "loss_curve.png")
-        tracking.log_model(model, weights_path)
+        tracking.log_metric("train_seconds", round(sum(r.seconds for r in history), 3))
+        tracking.log_figure(loss_curve(history, f"{name} on {dataset}"), "loss_curve.png")
+        tracking.log_params_file(Path("params.yaml"))
+        # Two real held-out images as the served model's input example (train must not read test).
+        tracking.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
+                           classes=list(DATASETS[dataset].classes), example=val.images[:2])
         lineage.record()
     checkpoint.remove()
     return history

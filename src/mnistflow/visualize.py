@@ -49,11 +49,15 @@ def feature_maps_figure(model: nn.Module, image: torch.Tensor, norm: Normalizer,
     return plots.feature_maps(image[0], conv.weight[0, 0], output, pooled, f"{name}: conv1, filter 0")
 
 
-def predictions_figure(rows: list[dict], images, name: str):
-    """Test images with the evaluate stage's prediction (rows of its confusion CSV, in test order)."""
-    titles = [f"pred: {r['predicted']}\ntrue: {r['actual']}" for r in rows]
-    colors = ["black" if r["predicted"] == r["actual"] else "red" for r in rows]
-    return plots.image_grid(list(images[:, 0]), titles, f"{name}: predictions (mistakes in red)", colors)
+def mistakes_figure(rows: list[dict], images, name: str):
+    """The first SHOWN misclassified test images, with the evaluate stage's prediction (rows of
+    its confusion CSV, in test order) and the true class."""
+    wrong = [i for i, r in enumerate(rows) if r["predicted"] != r["actual"]][:SHOWN]
+    if not wrong:
+        return plots.message(f"{name}: no misclassified test images")
+    titles = [f"pred: {rows[i]['predicted']}\ntrue: {rows[i]['actual']}" for i in wrong]
+    return plots.image_grid(list(images[wrong, 0]), titles, f"{name}: misclassified test images",
+                            ["red"] * len(wrong))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -69,12 +73,12 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     evals = {m: json.loads((eval_dir / f"{m}.json").read_text()) for m in cfg.models}
     per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.models}
     shared = {
+        "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.models}),
+        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.models}),
         "samples.png": plots.image_grid(list(train.images[:SHOWN, 0]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
-        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.models}),
-        "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.models}),
     }
-    per_model = {}
+    per_model, facts = {}, {}
     for name in cfg.models:
         model = create_model(name)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
@@ -84,25 +88,28 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         figs = {
             f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
                                                             f"{name}: test set (row-normalized)"),
+            f"mistakes_{name}.png": mistakes_figure(predicted, test.images, name),
             f"weights_{name}.png": weights_figure(model, name),
-            f"predictions_{name}.png": predictions_figure(predicted[:SHOWN], test.images[:SHOWN], name),
         }
         if isinstance(first_layer(model), nn.Conv2d):
             figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
         per_model[name] = figs
+        run = tracking.find_training_run(cfg.data.dataset, name, tracking.file_md5(models_dir / f"{name}.pt"))
+        facts[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "val_acc": json.loads((train_dir / f"{name}.json").read_text())["val_acc"],
+            **(tracking.run_summary(run) if run else {}),
+        }
+    files = [*shared, *(f for figs in per_model.values() for f in figs)]
     for name, fig in [*shared.items(), *(kv for figs in per_model.values() for kv in figs.items())]:
         write_figure(figures_dir / name, fig, cfg.dpi)
-
-    runs = {}
-    for name in cfg.models:
-        run_id = tracking.run_for_model(cfg.data.dataset, name, tracking.file_md5(models_dir / f"{name}.pt"))
-        tracking.log_artifacts(run_id, [figures_dir / f for f in [*shared, *per_model[name]]], "figures")
-        runs[name] = run_id
     experiment = tracking.experiment_id(cfg.data.dataset)
-    page = index_html(cfg, evals, per_class, runs, experiment, [*shared, *(f for figs in per_model.values() for f in figs)],
+    page = index_html(cfg, evals, per_class, facts, per_model, tracking.experiment_url(experiment),
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
-    log.info("report: %s", index_path)
+    run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],
+                                 {**tracking.git_state(), "models": ",".join(cfg.models)})
+    log.info("report: %s (MLflow run %s)", index_path, run_id)
 
 
 def _confusion(rows: list[dict], classes: list[str]) -> list[list[int]]:
@@ -113,39 +120,69 @@ def _confusion(rows: list[dict], classes: list[str]) -> list[list[int]]:
     return counts
 
 
-def index_html(cfg: Config, evals: dict, per_class: dict, runs: dict, experiment: str, figures: list[str], fig_dir) -> str:
-    """One static page: no scripts, fonts or styles from the network."""
+def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model: dict, experiment_url: str,
+               fig_dir) -> str:
+    """One static page: no scripts, fonts or styles from the network. The models x sets table
+    and the robustness figure first, then one section per model, then what spans them."""
     e = html.escape
     sets = list(next(iter(evals.values())))
     classes = list(DATASETS[cfg.data.dataset].classes)
+    img = lambda f: f'<img src="{e(str(fig_dir))}/{e(f)}" alt="{e(f)}">'  # noqa: E731
     acc_rows = "".join(
         f"<tr><th>{e(m)}</th>" + "".join(f"<td>{evals[m][s]['acc']:.4f}</td>" for s in sets)
-        + f"<td>{evals[m]['test']['macro_f1']:.4f}</td>"
-        + f"<td><a href=\"{tracking.UI_URL}/#/experiments/{experiment}/runs/{runs[m]}\">{runs[m][:8]}</a></td></tr>"
-        for m in cfg.models)
+        + f"<td>{evals[m]['test']['macro_f1']:.4f}</td></tr>" for m in cfg.models)
+    sections = "".join(_model_section(cfg, m, evals[m], facts[m], [img(f) for f in per_model[m]])
+                       for m in cfg.models)
     pc = lambda v: "&ndash;" if v is None else f"{v:.3f}"  # noqa: E731  (None: no samples of that class)
     class_rows = "".join(
         f"<tr><th>{e(c)}</th>" + "".join(f"<td>{pc(per_class[m][c])}</td>" for m in cfg.models)
         + "</tr>" for c in classes)
-    imgs = "".join(f'<figure><img src="{e(str(fig_dir))}/{e(f)}" alt="{e(f)}"><figcaption>{e(f)}</figcaption></figure>'
-                   for f in figures)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mnistflow report: {e(cfg.data.dataset)}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1500px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-figure {{ display: inline-block; margin: 1em; vertical-align: top; }}
-img {{ max-width: 900px; border: 1px solid #eee; }}
+.top, .figs {{ display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }}
+.figs img {{ max-width: 560px; }}
+.top img {{ max-width: 700px; }}
+section {{ border-top: 2px solid #ddd; margin-top: 1.5em; }}
+img {{ border: 1px solid #eee; }}
 </style></head><body>
 <h1>mnistflow report: {e(cfg.data.dataset)}</h1>
-<h2>Accuracy per model and test set</h2>
-<table id="accuracy"><tr><th>model</th>{"".join(f"<th>{e(s)}</th>" for s in sets)}<th>test macro F1</th>
-<th>MLflow run</th></tr>{acc_rows}</table>
-<p>Run links open the MLflow UI started by <code>make ui</code> ({tracking.UI_URL}).</p>
-<h2>Per-class accuracy on the test set</h2>
+<p>Compare every run in the MLflow UI (<code>make ui</code>): <a href="{e(experiment_url)}">{e(experiment_url)}</a></p>
+<div class="top"><div><h2>Accuracy per model and test set</h2>
+<table id="accuracy"><tr><th>model</th>{"".join(f"<th>{e(s)}</th>" for s in sets)}<th>test macro F1</th></tr>
+{acc_rows}</table></div>
+<div>{img("robustness.png")}</div></div>
+{sections}
+<section><h2>All models</h2><div class="figs">{img("loss_curves.png")}{img("samples.png")}</div>
+<h3>Per-class accuracy on the test set</h3>
 <table id="per-class"><tr><th>class</th>{"".join(f"<th>{e(m)}</th>" for m in cfg.models)}</tr>{class_rows}</table>
-<h2>Figures</h2>
-{imgs}
+</section>
 </body></html>
 """
+
+
+def _model_section(cfg: Config, name: str, evals: dict, facts: dict, images: list[str]) -> str:
+    e = html.escape
+    mc = cfg.model(name)
+    sched = ", ".join([mc.scheduler.name, *(f"{k} {v}" for k, v in mc.scheduler.settings.items())])
+    seconds = facts.get("train_seconds")
+    run = (f'<a href="{e(facts["url"])}">{e(facts["run_id"][:8])}</a>' if facts.get("url")
+           else "not in this MLflow store")
+    rows = {
+        "parameters": f"{facts['params']:,}",
+        "optimizer": f"{mc.optimizer}, lr {mc.lr:g}, momentum {mc.momentum:g}, weight decay {mc.weight_decay:g}",
+        "schedule": sched,
+        "epochs, batch, shift": f"{mc.epochs}, {mc.batch_size}, {mc.shift}",
+        "training time": "&ndash;" if seconds is None else f"{seconds:.1f} s",
+        "val acc": f"{facts['val_acc']:.4f}",
+        "test acc": f"{evals['test']['acc']:.4f}",
+        "git commit": e(facts["git_commit"][:10]) if facts.get("git_commit") else "&ndash;",
+        "DVC experiment": e(facts["dvc_exp_name"]) if facts.get("dvc_exp_name") else "&ndash;",
+        "MLflow run": run,
+    }
+    table = "".join(f'<tr><th>{k}</th><td style="text-align:left">{v}</td></tr>' for k, v in rows.items())
+    return (f'<section id="model-{e(name)}"><h2>{e(name)}</h2><div class="figs"><table class="facts">{table}</table>'
+            f'{"".join(images)}</div></section>')

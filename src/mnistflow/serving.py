@@ -1,0 +1,78 @@
+"""The served form of a trained model: raw pixels in, class names and probabilities out.
+
+`save_model` is an MLflow flavor for `mlflow.models.Model.log`: it saves the PyTorch flavour
+(pt2, so `mlflow.pytorch.load_model` still loads it) of a module that standardizes uint8
+pixels itself and answers probabilities, and points the pyfunc flavour at this file's
+`_load_pyfunc`, which names the classes. This file is copied into every logged model
+(`code/`), so it imports nothing of mnistflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+CLASSES_FILE = "classes.json"
+
+
+class RawPixelClassifier(nn.Module):
+    """uint8 images (N,C,H,W), 0-255 as they come -> class probabilities."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images.float() / 255 - self.mean) / self.std).softmax(1)
+
+
+def save_model(path, mlflow_model, *, pytorch_model: nn.Module, classes: list[str], **kwargs) -> None:
+    mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, code_paths=[__file__],
+                              serialization_format="pt2", **kwargs)
+    pyfunc = mlflow_model.flavors["python_function"]
+    pyfunc["loader_module"] = "serving"  # code/serving.py: this file
+    with open(os.path.join(path, pyfunc["data"], CLASSES_FILE), "w") as f:
+        json.dump(classes, f)
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+class _Classifier:
+    def __init__(self, torch_pyfunc, classes: list[str]):
+        self.torch_pyfunc, self.classes = torch_pyfunc, classes
+
+    def get_raw_model(self):
+        return self.torch_pyfunc.get_raw_model()
+
+    def predict(self, data, params=None) -> pd.DataFrame:
+        probabilities = np.asarray(self.torch_pyfunc.predict(np.asarray(data, dtype=np.uint8)))
+        return pd.DataFrame({
+            "class": [self.classes[i] for i in probabilities.argmax(1)],
+            "probability": probabilities.max(1).astype(float),
+            "probabilities": [dict(zip(self.classes, map(float, row))) for row in probabilities],
+        })
+
+
+def _load_pyfunc(path, model_config=None):
+    from mlflow.pytorch import _load_pyfunc as load_torch_pyfunc
+
+    with open(os.path.join(path, CLASSES_FILE)) as f:
+        classes = json.load(f)
+    return _Classifier(load_torch_pyfunc(path, model_config), classes)
+
+
+def signature(batch_shape: tuple[int, ...]):
+    """uint8 pixels in (any batch size); per image the class, its probability, all probabilities."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Map, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *batch_shape[1:]))]),
+        outputs=Schema([ColSpec("string", "class"), ColSpec("double", "probability"),
+                        ColSpec(Map(DataType.double), "probabilities")]))

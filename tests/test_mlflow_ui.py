@@ -1,0 +1,161 @@
+"""What a user sees of MLflow: the UI that `make ui` serves over the project's own store, in
+headless Chromium, and a champion model that `make serve` answers over HTTP.
+
+Screenshots go to a temporary folder, or to $SCREENSHOTS (docs/ for the README's)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import ROOT, make_project, pipeline_env, run
+
+pytestmark = pytest.mark.e2e
+MODELS = ["mlp", "cnn", "lenet"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_mirror):
+    project = make_project(tmp_path_factory.mktemp("ui"), tiny_mirror, mlp={"epochs": 2})
+    # `make ui` and `make serve` as a user runs them: the project's Makefile over its set-up venv.
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy2(ROOT / name, project / name)
+    (project / ".venv").symlink_to(ROOT / ".venv")
+    run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
+    return project
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def make_target(project: Path, target: str, url: str, **variables):
+    """`make TARGET` in the background until `url` answers; stopped with its process group."""
+    log = project / f".{target}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["make", target, *(f"{k}={v}" for k, v in variables.items())], cwd=project,
+                                env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"make {target} did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_make_serve_answers_raw_test_images_with_class_names(project):
+    port = free_port()
+    with make_target(project, "serve", f"http://127.0.0.1:{port}/ping", MODEL="cnn", SERVE_PORT=port):
+        test = torch.load(project / "data/processed/test.pt", weights_only=True)
+        images, labels = test["images"][:20], test["labels"][:20]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": images.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    assert len(answer) == 20
+    classes = [str(d) for d in range(10)]  # mnist's class names
+    for row in answer:
+        assert row["class"] in classes and set(row["probabilities"]) == set(classes)
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-4
+        assert row["probability"] == max(row["probabilities"].values())
+    # The same classes as the evaluate stage predicted for these images.
+    rows = (project / "reports/eval/cnn/confusion_test.csv").read_text().splitlines()[1:21]
+    assert [row["class"] for row in answer] == [r.split(",")[1] for r in rows]
+    assert [r.split(",")[0] for r in rows] == [classes[i] for i in labels]
+
+
+@pytest.fixture(scope="module")
+def ui(project):
+    port = free_port()
+    with make_target(project, "ui", f"http://127.0.0.1:{port}/health", UI_PORT=port) as log:
+        yield f"http://127.0.0.1:{port}", log
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make test installs it where it runs as root with apt-get)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    return Path(os.environ.get("SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+
+
+def experiment_page_url(log: Path) -> str:
+    """The page `make ui` tells the user to open for the experiment."""
+    (line,) = [line for line in log.read_text().splitlines() if line.startswith("mnist: ")]
+    return line.removeprefix("mnist: ")
+
+
+def grid_rows(page) -> list[dict]:
+    """The runs table's rows as {column id: text}. The grid draws only the columns in view, so
+    the assistant panel is closed first and the page is wide."""
+    page.wait_for_selector("[role=gridcell][col-id='metrics.`test_acc`']", timeout=60_000)
+    page.get_by_role("button", name="Close").first.click()  # the MLflow Assistant panel
+    page.wait_for_selector("[role=gridcell][col-id='params.`model`']", timeout=10_000)
+    return page.evaluate("""() => [...document.querySelectorAll('.ag-center-cols-container [role=row]')].map(r =>
+        Object.fromEntries([...r.querySelectorAll('[role=gridcell]')].map(c => [c.getAttribute('col-id'), c.innerText])))""")
+
+
+def test_the_runs_table_opens_in_the_training_layout_with_metrics_and_params_filled(project, ui, browser,
+                                                                                    screenshots):
+    base, log = ui
+    url = experiment_page_url(log)
+    assert url.startswith(base)  # the page make ui prints follows its host and port
+    page = browser.new_page(viewport={"width": 2400, "height": 560})
+    page.goto(url)
+    rows = {r["params.`model`"]: r for r in grid_rows(page)}
+    assert sorted(rows) == sorted(MODELS)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mnist")
+    for r in client.search_runs([exp.experiment_id]):
+        shown = rows[r.info.run_name]
+        assert float(shown["metrics.`test_acc`"]) == pytest.approx(r.data.metrics["test_acc"], abs=1e-3)
+        assert float(shown["params.`lr`"]) == float(r.data.params["lr"])
+        for column in ("metrics.`val_acc`", "metrics.`crop22_acc`", "metrics.`train_seconds`", "params.`optimizer`"):
+            assert shown[column] not in ("", "-"), (r.info.run_name, column)
+    nav = page.inner_text("aside")  # the model-training layout, not GenAI's (traces, judges)
+    assert "Model registry" in nav and "Judges" not in nav
+    page.screenshot(path=screenshots / "mlflow-runs.png")
+
+    runs = [r.info.run_id for r in client.search_runs([exp.experiment_id])]
+    page.set_viewport_size({"width": 1800, "height": 1500})
+    page.goto(f"{base}/#/compare-runs?runs={json.dumps(runs)}&experiments={json.dumps([exp.experiment_id])}"
+              "&workflowType=machine_learning")
+    page.wait_for_selector("text=Parameters", timeout=60_000)
+    page.wait_for_timeout(3000)
+    text = page.inner_text("body")
+    for name in ("lr", "optimizer", "test_acc", "crop22_acc"):
+        assert name in text
+    page.screenshot(path=screenshots / "mlflow-compare.png")
+    page.close()
