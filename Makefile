@@ -17,9 +17,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro test test-fast ui serve system-data browser repro-check lineage restore
+.PHONY: setup repro test test-fast ui serve system-data browser repro-check lock-check push pull lineage restore
 
-setup: $(VENV)/.installed system-data
+PLOTS_PAGE := .plots/page.html
+
+setup: $(VENV)/.installed system-data $(PLOTS_PAGE)
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +37,13 @@ system-data:
 			|| echo "could not install dataset-fashion-mnist: set data.mirror in params.yaml instead"; \
 	fi
 
+# `dvc plots show` draws offline: Vega, Vega-Lite and vega-embed (DVC's versions) from the npm
+# registry, inlined into the page template that .dvc/config names.
+$(PLOTS_PAGE): src/mnistflow/plotpage.py | $(VENV)/.installed
+	npm install --prefix .plots --no-audit --no-fund --legacy-peer-deps --silent \
+		vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+	PYTHONPATH=src $(BIN)/python -m mnistflow.plotpage .plots/node_modules $@
+
 # Headless Chromium for the report-page test; only where we are root with apt-get
 # (the test says why it is skipped elsewhere).
 browser:
@@ -46,6 +55,17 @@ browser:
 
 repro: setup
 	$(BIN)/dvc repro
+
+# Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
+push: setup
+	$(BIN)/dvc push
+
+pull: setup
+	$(BIN)/dvc pull
+
+# Does the committed dvc.lock record the committed code and params? (CI runs it; nothing is trained.)
+lock-check: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.lockcheck
 
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
 test: setup browser

@@ -32,7 +32,8 @@ def project(tmp_path_factory, tiny_mirror):
     # `make ui` and `make serve` as a user runs them: the project's Makefile over its set-up venv.
     for name in ("Makefile", "requirements.txt"):
         shutil.copy2(ROOT / name, project / name)
-    (project / ".venv").symlink_to(ROOT / ".venv")
+    for made_by_setup in (".venv", ".plots"):
+        (project / made_by_setup).symlink_to(ROOT / made_by_setup)
     run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
     return project
 
@@ -159,3 +160,27 @@ def test_the_runs_table_opens_in_the_training_layout_with_metrics_and_params_fil
         assert name in text
     page.screenshot(path=screenshots / "mlflow-compare.png")
     page.close()
+
+
+def test_dvc_plots_show_draws_offline_one_colour_per_model(project, browser, screenshots):
+    assert (project / ".plots/page.html").is_file(), "make setup makes the offline page template"
+    run([sys.executable, "-m", "dvc", "plots", "show"], project, pipeline_env())
+    page_file = project / "dvc_plots/index.html"
+    assert "cdn.jsdelivr" not in page_file.read_text()
+    context = browser.new_context(offline=True, viewport={"width": 1800, "height": 1200})
+    requested = []
+    context.route("**/*", lambda route: (requested.append(route.request.url), route.continue_()))
+    page = context.new_page()
+    page.goto(page_file.as_uri())
+    page.wait_for_selector("svg .role-legend-label", timeout=30_000)
+    charts = page.evaluate("""() => [...document.querySelectorAll('svg')].map(svg => ({
+        title: [...svg.querySelectorAll('.role-title-text')].map(t => t.textContent).join(' '),
+        legend: [...svg.querySelectorAll('.role-legend-label')].map(t => t.textContent),
+        axes: [...svg.querySelectorAll('.role-axis-title')].map(t => t.textContent),
+        lines: svg.querySelectorAll('.mark-line path').length}))""")
+    (loss,) = [c for c in charts if c["title"] == "Validation loss"]
+    assert sorted(loss["legend"]) == sorted(["mlp", "cnn", "lenet", "workspace"])  # models, then the revision
+    assert sorted(loss["axes"]) == ["cross-entropy loss", "epoch"] and loss["lines"] == 3
+    assert [url for url in requested if not url.startswith("file:")] == []
+    page.screenshot(path=screenshots / "dvc-plots.png")
+    context.close()

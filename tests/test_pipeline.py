@@ -222,7 +222,7 @@ def test_evaluation_outputs_and_figures(project):
     assert "crop22" in metric_names and "macro_f1" in metric_names
     plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
     assert not plots.get("errors")
-    assert "Loss per epoch" in plots["data"] and "reports/eval/cnn/confusion_test.csv" in plots["data"]
+    assert "Validation loss" in plots["data"] and "reports/eval/cnn/confusion_test.csv" in plots["data"]
 
 
 def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_own(project):

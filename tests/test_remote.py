@@ -1,0 +1,89 @@
+"""The committed baseline and the DVC remote: a fresh clone pulls every output instead of
+retraining, CI's lock check names a stage whose code changed, a wrong Python gets one line."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_project, pipeline_env, run
+from mnistflow.tracking import file_md5
+
+pytestmark = pytest.mark.e2e
+LOCK_CHECK = [sys.executable, "-m", "mnistflow.lockcheck"]
+
+
+def dvc(repo, *args, check=True):
+    return run([sys.executable, "-m", "dvc", *args], repo, pipeline_env(), check=check)
+
+
+def env_with_src(repo) -> dict:
+    return {**pipeline_env(), "PYTHONPATH": str(repo / "src")}
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, tiny_mirror):
+    """A project whose pipeline ran, dvc.lock committed, every output pushed to a local remote."""
+    root = tmp_path_factory.mktemp("remote")
+    first = make_project(root / "first", tiny_mirror)
+    remote = root / "dvc-remote"
+    dvc(first, "remote", "modify", "--local", "local", "url", str(remote))
+    dvc(first, "repro")
+    run(["git", "add", "dvc.lock"], first)
+    run(["git", "commit", "-q", "-m", "baseline"], first, pipeline_env())
+    dvc(first, "push")
+    return first, remote
+
+
+def clone(first, dest, remote=None):
+    run(["git", "clone", "-q", str(first), str(dest)], first.parent)
+    if remote:
+        dvc(dest, "remote", "modify", "--local", "local", "url", str(remote))
+    return dest
+
+
+def test_a_fresh_clone_pulls_every_output_and_has_nothing_to_run(pushed, tmp_path):
+    first, remote = pushed
+    second = clone(first, tmp_path / "second", remote)
+    assert not (second / ".dvc/cache").exists()  # an empty cache: everything comes from the remote
+    dvc(second, "pull")
+    assert "Data and pipelines are up to date" in dvc(second, "status").stdout
+    assert "Running stage" not in dvc(second, "repro").stdout
+    assert run(["git", "status", "--porcelain"], second).stdout == ""
+    for model in ("mlp", "cnn", "lenet"):
+        assert file_md5(second / f"models/{model}.pt") == file_md5(first / f"models/{model}.pt")
+    assert (second / "reports/index.html").read_bytes() == (first / "reports/index.html").read_bytes()
+
+
+def test_the_lock_check_names_a_stage_whose_code_changed_and_passes_after_dvc_commit(pushed, tmp_path):
+    first, _ = pushed
+    bare = clone(first, tmp_path / "bare")  # as CI sees it: code and dvc.lock, no data, no outputs
+    assert run(LOCK_CHECK, bare, env_with_src(bare)).returncode == 0
+    script = first / "stages/evaluate.py"
+    original = script.read_text()
+    script.write_text(original + "# a change dvc.lock does not record\n")
+    try:
+        stale = run(LOCK_CHECK, first, env_with_src(first), check=False)
+        assert stale.returncode == 1 and "Traceback" not in stale.stderr
+        assert "dvc.lock is stale" in stale.stderr
+        assert "evaluate@cnn: stages/evaluate.py modified" in stale.stderr
+        assert "train@cnn" not in stale.stderr  # only the stages that use it
+        dvc(first, "commit", "--force", *(f"evaluate@{m}" for m in ("mlp", "cnn", "lenet")))
+        assert run(LOCK_CHECK, first, env_with_src(first)).returncode == 0
+    finally:
+        script.write_text(original)
+        dvc(first, "commit", "--force", *(f"evaluate@{m}" for m in ("mlp", "cnn", "lenet")))
+
+
+def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(pushed):
+    first, _ = pushed
+    others = [p for p in (shutil.which("python3"), "/usr/bin/python3") if p and not p.startswith(sys.prefix)]
+    bare = next((p for p in others if subprocess.run([p, "-c", "import torch"], capture_output=True).returncode), None)
+    if bare is None:
+        pytest.skip("no Python without torch on this machine")
+    out = run([bare, "stages/check_params.py", "/dev/null"], first, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
+    assert "lacks torch" in out.stderr and "source .venv/bin/activate" in out.stderr
