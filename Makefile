@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro test test-fast ui serve system-data browser repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps test test-fast ui serve system-data browser repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -55,6 +55,13 @@ browser:
 
 repro: setup
 	$(BIN)/dvc repro
+
+# Which params gave which accuracy: the experiments with only what varies between them, and of
+# the metrics only accuracy per model and test set (`dvc exp show` alone lists every param,
+# data dependency and metric: far wider than a terminal).
+EXPS_DROP := data/.*|models.*|reports/(train|eval)$$
+exps: setup
+	$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)'
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
 push: setup

@@ -64,3 +64,13 @@ def make_project(dest: Path, mirror: Path, **train_overrides) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "project under test"], dest, env)
     return dest
+
+
+def add_make(project: Path) -> Path:
+    """Let `make TARGET` run in a test project as in a clone: its Makefile over this checkout's
+    set-up (venv, offline plots page)."""
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy2(ROOT / name, project / name)
+    for made_by_setup in (".venv", ".plots"):
+        (project / made_by_setup).symlink_to(ROOT / made_by_setup)
+    return project

@@ -20,7 +20,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import ROOT, make_project, pipeline_env, run
+from conftest import add_make, make_project, pipeline_env, run
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]
@@ -29,11 +29,7 @@ MODELS = ["mlp", "cnn", "lenet"]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_mirror):
     project = make_project(tmp_path_factory.mktemp("ui"), tiny_mirror, mlp={"epochs": 2})
-    # `make ui` and `make serve` as a user runs them: the project's Makefile over its set-up venv.
-    for name in ("Makefile", "requirements.txt"):
-        shutil.copy2(ROOT / name, project / name)
-    for made_by_setup in (".venv", ".plots"):
-        (project / made_by_setup).symlink_to(ROOT / made_by_setup)
+    add_make(project)  # `make ui` and `make serve` as a user runs them
     run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
     return project
 

@@ -2,13 +2,14 @@
 retraining, CI's lock check names a stage whose code changed, a wrong Python gets one line."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import make_project, pipeline_env, run
+from conftest import add_make, make_project, pipeline_env, run
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
@@ -87,3 +88,22 @@ def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(pushed
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
     assert "lacks torch" in out.stderr and "source .venv/bin/activate" in out.stderr
+
+
+def test_make_exps_answers_which_params_gave_which_accuracy_in_200_columns(pushed):
+    first, _ = pushed
+    add_make(first)
+    baseline = json.loads((first / "reports/eval/mlp.json").read_text())["test"]
+    dvc(first, "exp", "run", "-S", "train.mlp.lr=0.002", "-n", "mlp-lr")
+    try:
+        table = run(["make", "-s", "exps"], first, {**pipeline_env(), "COLUMNS": "200"}).stdout
+    finally:
+        run(["git", "checkout", "--", "params.yaml", "dvc.lock"], first)
+        dvc(first, "checkout")
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 200 and "…" not in table, table
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert {"train.mlp.lr", "reports/eval/mlp.json:test", "reports/eval/mlp.json:crop22"} <= set(header)
+    (main,) = [line.split() for line in lines if line.split()[:1] == ["main"]]
+    assert f"{baseline:g}" in main or str(baseline) in main  # the committed baseline, real numbers
+    assert any("[mlp-lr]" in line for line in lines)
