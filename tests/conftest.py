@@ -15,7 +15,7 @@ from mnistflow.synthetic import write_idx
 ROOT = Path(__file__).resolve().parents[1]
 # What a clean clone holds that the pipeline needs.
 SECRET = "s3cr3t-token-in-the-environment"  # must never reach MLflow
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
                  "stages", "src"]
 
 
