@@ -1,4 +1,5 @@
-"""DVC stage evaluate@MODEL: WEIGHTS on the test set and every variant -> METRICS, PER_CLASS (json), CONFUSION_DIR."""
+"""DVC stage evaluate@MODEL: WEIGHTS on the test set and every variant -> METRICS (accuracy), DETAIL
+(every metric), PER_CLASS (json), CONFUSION_DIR."""
 import sys
 from pathlib import Path
 
@@ -10,9 +11,9 @@ from mnistflow.evaluation import evaluate_model  # noqa: E402
 
 
 def main() -> None:
-    model, weights, data_dir, metrics, per_class, confusion_dir = sys.argv[1:]
-    evaluate_model(load_config(), model, Path(weights), Path(data_dir), Path(metrics), Path(per_class),
-                   Path(confusion_dir))
+    model, weights, data_dir, metrics, detail, per_class, confusion_dir = sys.argv[1:]
+    evaluate_model(load_config(), model, Path(weights), Path(data_dir), Path(metrics), Path(detail),
+                   Path(per_class), Path(confusion_dir))
 
 
 if __name__ == "__main__":

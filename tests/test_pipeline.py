@@ -200,7 +200,7 @@ def test_a_bad_param_stops_dvc_before_any_output_is_touched(project):
 def test_evaluation_outputs_and_figures(project):
     project, _ = project
     for model in MODELS:
-        report = json.loads((project / f"reports/eval/{model}/metrics.json").read_text())
+        report = json.loads((project / f"reports/eval/{model}.all.json").read_text())
         assert list(report) == ["test", "crop22", "crop18"]
         # DVC's metrics file: accuracy per set, so `dvc metrics show` is a models x sets table.
         assert json.loads((project / f"reports/eval/{model}.json").read_text()) == \

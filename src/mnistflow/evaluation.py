@@ -19,7 +19,6 @@ from mnistflow.splits import load_split, read_stats
 from mnistflow.training import Normalizer, predict
 
 log = logging.getLogger(__name__)
-DETAIL = "metrics.json"  # loss, accuracy, macro accuracy and macro F1 per set, beside the confusion CSVs
 
 
 def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
@@ -43,10 +42,10 @@ def _r(x) -> float:
 
 
 def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
-                   metrics_path: Path, per_class_path: Path, confusion_dir: Path) -> dict:
+                   metrics_path: Path, detail_path: Path, per_class_path: Path, confusion_dir: Path) -> dict:
     """The evaluate stage for one model, per set: accuracy to `metrics_path` (DVC's metrics: a
-    models x sets table), per-class accuracy to `per_class_path`, a confusion CSV and every metric
-    (DETAIL) into `confusion_dir`; the same numbers into its MLflow run."""
+    models x sets table), every metric to `detail_path`, per-class accuracy to `per_class_path`,
+    a confusion CSV into `confusion_dir`; the same numbers into its MLflow run."""
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.deterministic)
     model = create_model(name)
@@ -75,7 +74,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     # Per-class accuracy beside the metrics, not in them: dvc metrics show stays a models x sets table.
     per_class = {s: m.pop("per_class_acc") for s, m in report.items()}
     write_json(per_class_path, per_class)
-    write_json(Path(confusion_dir) / DETAIL, report)
+    write_json(detail_path, report)
     write_json(metrics_path, {s: m["acc"] for s, m in report.items()})
     tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), report, datasets, figures,
                             per_class)

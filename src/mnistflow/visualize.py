@@ -15,7 +15,6 @@ from torch import nn
 from mnistflow import plots, tracking
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
-from mnistflow.evaluation import DETAIL
 from mnistflow.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
 from mnistflow.splits import load_split, read_stats
@@ -71,7 +70,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     classes = list(DATASETS[cfg.data.dataset].classes)
     norm = Normalizer(**read_stats(data_dir))
     train, test = load_split(data_dir / "train.pt"), load_split(data_dir / "test.pt")
-    evals = {m: json.loads((eval_dir / m / DETAIL).read_text()) for m in cfg.models}
+    evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.models}
     per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.models}
     shared = {
         "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.models}),
