@@ -409,7 +409,7 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     finally:
         (tmp_path / "saved").rename(cached)
     assert failed.returncode == 1
-    assert "no longer holds the model" in failed.stderr and "dvc pull" in failed.stderr
+    assert "nor a remote holds the model" in failed.stderr and "make push" in failed.stderr
     for command in (["show", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
         bad = run([sys.executable, "-m", "mnistflow.lineage", *command], project, env, check=False)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr

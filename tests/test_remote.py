@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import add_make, make_project, pipeline_env, run
 from mnistflow.tracking import file_md5
@@ -107,3 +108,18 @@ def test_make_exps_answers_which_params_gave_which_accuracy_in_200_columns(pushe
     (main,) = [line.split() for line in lines if line.split()[:1] == ["main"]]
     assert f"{baseline:g}" in main or str(baseline) in main  # the committed baseline, real numbers
     assert any("[mlp-lr]" in line for line in lines)
+
+
+def test_restore_pulls_what_the_cache_lacks(pushed, tmp_path):
+    first, _ = pushed
+    client = MlflowClient(tracking_uri=f"sqlite:///{first / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mnist")
+    (cnn,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'cnn'", max_results=1,
+                                order_by=["attributes.start_time ASC"])
+    md5 = cnn.data.tags["model_md5"]
+    cached = first / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    cached.unlink()  # the cache lost it; the remote has it
+    env = env_with_src(first)
+    run([sys.executable, "-m", "mnistflow.lineage", "restore", cnn.info.run_id, str(tmp_path / "restored")], first, env)
+    assert file_md5(tmp_path / "restored/models/cnn.pt") == md5
+    assert cached.is_file()  # back in the repo's cache

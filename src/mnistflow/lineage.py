@@ -91,13 +91,29 @@ def restore(run_id: str, dest: Path) -> Path:
     checkout = subprocess.run([sys.executable, "-m", "dvc", "checkout", *entries], cwd=dest,
                               capture_output=True, text=True)
     weights = dest / _model_path(entries, run.info.run_name)
+    if (not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]) and (url := _remote_url(root)):
+        # What the cache lacks, from this repo's default remote (resolved here: a relative URL
+        # in the worktree's config would point beside the worktree instead).
+        log.info("the DVC cache lacks some outputs of run %s; pulling them from %s", run_id, url)
+        _cmd([sys.executable, "-m", "dvc", "remote", "add", "--local", "--force", "restore", url], dest)
+        checkout = subprocess.run([sys.executable, "-m", "dvc", "pull", "-r", "restore", *entries], cwd=dest,
+                                  capture_output=True, text=True)
     if not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]:
         raise MnistflowError(
-            f"the DVC cache at {root / '.dvc' / 'cache'} no longer holds the model of run {run_id} "
-            f"(md5 {tags['model_md5']}); get it with `dvc pull` in {root} if a remote has it, "
-            f"then run this again.\n{checkout.stdout}{checkout.stderr}".rstrip())
+            f"neither the DVC cache at {root / '.dvc' / 'cache'} nor a remote holds the model of run {run_id} "
+            f"(md5 {tags['model_md5']}); push it from a clone that has it (`make push`; then `dvc pull` in "
+            f"{root}) and run this again.\n{checkout.stdout}{checkout.stderr}".rstrip())
     log.info("restored run %s into %s; %s matches the run's md5", run_id, dest, weights.relative_to(dest))
     return dest
+
+
+def _remote_url(root: Path) -> str | None:
+    """The URL of the repo's default DVC remote, resolved; None when it has none."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        name = repo.config["core"].get("remote")
+        return repo.config["remote"][name]["url"] if name else None
 
 
 def _load(run_id: str) -> tuple[object, dict, dict]:
