@@ -3,6 +3,7 @@ registered models and their aliases, and one run per report the visualize stage 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 # `mlflow.sharedViewState.<key>` that `?viewStateShareKey=<key>` opens. Older UIs read the tag
 # `mlflow.experimentKind`. Links we print or write carry both.
 VIEW_KEY = "mnistflow"
-UI_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+TRAINING_LAYOUT = "workflowType=machine_learning"
 PROCESS_TAG = "process"  # host:pid of the stage that runs it; finds runs a `kill -9` left RUNNING
 
 
@@ -44,11 +45,11 @@ def ui_url() -> str:
 
 
 def experiment_url(exp_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{exp_id}/runs?{UI_QUERY}"
+    return f"{ui_url()}/#/experiments/{exp_id}/runs?{TRAINING_LAYOUT}&viewStateShareKey={VIEW_KEY}"
 
 
 def run_url(exp_id: str, run_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?{TRAINING_LAYOUT}"
 
 
 def tracking_uri() -> str:
@@ -64,8 +65,14 @@ def use_store() -> None:
     db = _sqlite_path()
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-        relocate_store(db)
+        _relocate_once(db)
     mlflow.set_tracking_uri(tracking_uri())
+
+
+@functools.cache
+def _relocate_once(db: Path) -> int:
+    """A stage opens the store many times; looking for a move once is enough."""
+    return relocate_store(db)
 
 
 def relocate_store(db: Path) -> int:
@@ -87,15 +94,15 @@ def relocate_store(db: Path) -> int:
                 old_roots.add(str(Path(path).parent))
         changed = 0
         for old in old_roots:
-            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                                  ("logged_models", "artifact_location"),
-                                  ("model_versions", "storage_location")):
-                if table in tables:
-                    changed += con.execute(
-                        f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
-                        (old + "/", here + "/", f"%{old}/%")).rowcount
+            moved = sum(con.execute(f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
+                                    (old + "/", here + "/", f"%{old}/%")).rowcount
+                        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                              ("logged_models", "artifact_location"),
+                                              ("model_versions", "storage_location"))
+                        if table in tables)
             log.warning("the MLflow store %s was moved here from %s: %d artifact locations now point here",
-                        db.parent, old, changed)
+                        db.parent, old, moved)
+            changed += moved
     return changed
 
 
@@ -405,7 +412,6 @@ def log_lineage(lineage: dict, artifact: str) -> None:
 def log_params_file(path: Path) -> None:
     """params.yaml as the stage read it: where each logged param sits in it (train.<model>.lr)."""
     mlflow.log_artifact(str(path))
-
 
 
 def main() -> None:
