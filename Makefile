@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps test test-fast ui serve system-data browser repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -44,13 +44,15 @@ $(PLOTS_PAGE): src/mnistflow/plotpage.py | $(VENV)/.installed
 		vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 	PYTHONPATH=src $(BIN)/python -m mnistflow.plotpage .plots/node_modules $@
 
-# Headless Chromium for the report-page test; only where we are root with apt-get
-# (the test says why it is skipped elsewhere).
-browser:
-	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium (for the report-page test)"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-			|| echo "could not install chromium: the report-page test will be skipped"; \
+# What some tests drive: headless Chromium (report page, MLflow UI, DVC plots) and an OpenSSH
+# server (the SSH remote). Installed only where we are root with apt-get; elsewhere those tests
+# say why they are skipped.
+test-tools:
+	@missing="$$(echo $$(command -v chromium >/dev/null || echo chromium) $$(test -x /usr/sbin/sshd || echo openssh-server))"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing (for the browser and SSH-remote tests)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+			|| echo "could not install $$missing: the tests that need it will be skipped"; \
 	fi
 
 repro: setup
@@ -75,7 +77,7 @@ lock-check: setup
 	PYTHONPATH=src $(BIN)/python -m mnistflow.lockcheck
 
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
-test: setup browser
+test: setup test-tools
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,8 +14,8 @@ from mnistflow.reprocheck import shrink, user_env
 from mnistflow.synthetic import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
 # What a clean clone holds that the pipeline needs.
-SECRET = "s3cr3t-token-in-the-environment"  # must never reach MLflow
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
                  "stages", "src"]
 
@@ -74,3 +75,29 @@ def add_make(project: Path) -> Path:
     for made_by_setup in (".venv", ".plots"):
         (project / made_by_setup).symlink_to(ROOT / made_by_setup)
     return project
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_params(project: Path, key: str, value) -> None:
+    """Set one dotted key of the project's params.yaml (`train.cnn.lr`), as `dvc exp run -S` would."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def runs_of(project: Path, experiment: str = "mnist") -> list:
+    """The runs of one experiment in the project's MLflow store, oldest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []

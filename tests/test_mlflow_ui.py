@@ -4,11 +4,12 @@ headless Chromium, and a champion model that `make serve` answers over HTTP.
 Screenshots go to a temporary folder, or to $SCREENSHOTS (docs/ for the README's)."""
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import add_make, make_project, pipeline_env, run
+from conftest import add_make, free_port, make_project, pipeline_env, run
+from mnistflow.tracking import ui_url
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]
@@ -32,12 +34,6 @@ def project(tmp_path_factory, tiny_mirror):
     add_make(project)  # `make ui` and `make serve` as a user runs them
     run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
     return project
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -155,6 +151,22 @@ def test_the_runs_table_opens_in_the_training_layout_with_metrics_and_params_fil
     for name in ("lr", "optimizer", "test_acc", "crop22_acc"):
         assert name in text
     page.screenshot(path=screenshots / "mlflow-compare.png")
+    page.close()
+
+
+def test_the_report_page_links_each_model_to_the_run_that_made_its_weights(project, ui, browser):
+    base, _ = ui
+    page_html = (project / "reports/index.html").read_text()
+    links = dict(re.findall(r'<section id="model-(\w+)">.*?<a href="([^"]+searchFilter=[^"]+)"', page_html, re.S))
+    assert sorted(links) == sorted(MODELS)
+    page = browser.new_page(viewport={"width": 2400, "height": 560})
+    for model, link in links.items():
+        page.goto(html.unescape(link).replace(ui_url(), base))  # the page names `make ui`'s default address
+        page.wait_for_selector("text=1 matching run", timeout=60_000)
+        page.wait_for_selector("[role=gridcell]", timeout=60_000)
+        names = page.evaluate("""() => [...document.querySelectorAll('[role=gridcell][col-id="attributes.`Run Name`"]')]
+            .map(c => c.innerText.trim().split('\\n').pop())""")  # a colour swatch, then the name
+        assert names == [model], (model, names)
     page.close()
 
 

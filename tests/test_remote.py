@@ -1,24 +1,31 @@
-"""The committed baseline and the DVC remote: a fresh clone pulls every output instead of
-retraining, CI's lock check names a stage whose code changed, a wrong Python gets one line."""
+"""The committed baseline and the DVC remotes (a folder, and SSH to a real sshd on loopback): a
+fresh clone pulls every output instead of retraining, CI's lock check names a stage whose code
+changed, a wrong Python gets one line."""
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import add_make, make_project, pipeline_env, run
+from conftest import add_make, free_port, make_project, pipeline_env, run
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
 LOCK_CHECK = [sys.executable, "-m", "mnistflow.lockcheck"]
 
 
-def dvc(repo, *args, check=True):
-    return run([sys.executable, "-m", "dvc", *args], repo, pipeline_env(), check=check)
+def dvc(repo, *args, check=True, env=None):
+    return run([sys.executable, "-m", "dvc", *args], repo, env or pipeline_env(), check=check)
 
 
 def env_with_src(repo) -> dict:
@@ -46,17 +53,98 @@ def clone(first, dest, remote=None):
     return dest
 
 
-def test_a_fresh_clone_pulls_every_output_and_has_nothing_to_run(pushed, tmp_path):
-    first, remote = pushed
-    second = clone(first, tmp_path / "second", remote)
-    assert not (second / ".dvc/cache").exists()  # an empty cache: everything comes from the remote
-    dvc(second, "pull")
+def assert_complete_copy(first, second):
+    """`second`, a clone with only what it pulled, has everything `first` ran and nothing to run."""
     assert "Data and pipelines are up to date" in dvc(second, "status").stdout
     assert "Running stage" not in dvc(second, "repro").stdout
     assert run(["git", "status", "--porcelain"], second).stdout == ""
     for model in ("mlp", "cnn", "lenet"):
         assert file_md5(second / f"models/{model}.pt") == file_md5(first / f"models/{model}.pt")
     assert (second / "reports/index.html").read_bytes() == (first / "reports/index.html").read_bytes()
+
+
+def test_a_fresh_clone_pulls_every_output_and_has_nothing_to_run(pushed, tmp_path):
+    first, remote = pushed
+    second = clone(first, tmp_path / "second", remote)
+    assert not (second / ".dvc/cache").exists()  # an empty cache: everything comes from the remote
+    dvc(second, "pull")
+    assert_complete_copy(first, second)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """Debian's OpenSSH server on loopback with its own config and generated keys: key login
+    only, SFTP, as the user running the tests. A client HOME whose known_hosts pins its host key."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.access(binary, os.X_OK):
+        pytest.skip("no sshd: Debian's openssh-server (`make test` installs it where it is root)")
+    home = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)], home)
+    shutil.copy(home / "client_key.pub", home / "authorized_keys")
+    port = free_port()
+    (home / "sshd_config").write_text(f"""\
+ListenAddress 127.0.0.1:{port}
+HostKey {home}/host_key
+PidFile {home}/sshd.pid
+AuthorizedKeysFile {home}/authorized_keys
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+""")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation folder, made by Debian's service
+    with open(home / "sshd.log", "w") as log:
+        proc = subprocess.Popen([binary, "-D", "-e", "-f", str(home / "sshd_config")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"sshd did not come up:\n{(home / 'sshd.log').read_text()}")
+            time.sleep(0.2)
+        client = home / "client"
+        (client / ".ssh").mkdir(parents=True)
+        host_key = (home / "host_key.pub").read_text().split()[:2]
+        (client / ".ssh/known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
+        yield SimpleNamespace(url=f"ssh://{getpass.getuser()}@127.0.0.1:{port}", key=home / "client_key",
+                              env={**pipeline_env(), "HOME": str(client)}, log=home / "sshd.log")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def use_ssh_remote(repo, sshd, folder):
+    """What a user types for a team's SSH remote (README), kept in this clone's config.local."""
+    dvc(repo, "remote", "add", "--local", "--default", "team", f"{sshd.url}{folder}")
+    dvc(repo, "remote", "modify", "--local", "team", "keyfile", str(sshd.key))
+
+
+def test_the_same_round_trip_through_an_ssh_server(pushed, sshd, tmp_path):
+    first, local = pushed
+    folder = tmp_path / "on-the-server"
+    use_ssh_remote(first, sshd, folder)
+    try:
+        dvc(first, "push", env=sshd.env)
+    finally:
+        dvc(first, "remote", "remove", "--local", "team")
+    assert "Accepted publickey" in sshd.log.read_text()  # through sshd, not the file system
+    def stored(remote):
+        return sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file())
+    assert stored(folder) == stored(local)  # what the folder remote got, file for file
+    second = clone(first, tmp_path / "second")
+    use_ssh_remote(second, sshd, folder)
+    dvc(second, "pull", env=sshd.env)
+    assert_complete_copy(first, second)
+    wrong = clone(first, tmp_path / "wrong")
+    use_ssh_remote(wrong, sshd, folder)
+    dvc(wrong, "remote", "modify", "--local", "team", "keyfile", str(sshd.key.with_name("host_key")))
+    refused = dvc(wrong, "pull", env=sshd.env, check=False)
+    assert refused.returncode != 0 and not (wrong / "models/cnn.pt").exists()
+    assert "Traceback" not in refused.stderr and "Permission denied" in refused.stderr, refused.stderr
 
 
 def test_the_lock_check_names_a_stage_whose_code_changed_and_passes_after_dvc_commit(pushed, tmp_path):
@@ -85,7 +173,7 @@ def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(pushed
     bare = next((p for p in others if subprocess.run([p, "-c", "import torch"], capture_output=True).returncode), None)
     if bare is None:
         pytest.skip("no Python without torch on this machine")
-    out = run([bare, "stages/check_params.py", "/dev/null"], first, check=False)
+    out = run([bare, "stages/check_params.py"], first, check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
     assert "lacks torch" in out.stderr and "source .venv/bin/activate" in out.stderr
