@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, SECRET, make_project, pipeline_env, run
+from conftest import ROOT, SECRET, make_project, pipeline_env, run, runs_of, set_params
 from mnistflow.tracking import file_md5, ui_url
 
 sys.path.insert(0, "src")
@@ -35,17 +36,12 @@ def client_for(project) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
 
 
-def runs_of(client, experiment="mnist"):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_mirror):
     project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, mlp={"epochs": 2})
     first = dvc(project, "repro")
     FIRST_CNN.append((project / "models/cnn.pt").read_bytes())
-    FIRST_RUNS.extend(runs_of(client_for(project)))
+    FIRST_RUNS.extend(runs_of(project))
     FIRST_ARTIFACTS.update(artifacts_of(project, FIRST_RUNS))
     return project, first
 
@@ -98,7 +94,7 @@ def test_repro_writes_every_output(project):
 def test_each_model_has_a_complete_mlflow_run(project):
     project, _ = project
     client = client_for(project)
-    runs = runs_of(client)
+    runs = runs_of(project)
     assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
     exp = client.get_experiment(runs[0].info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training layout
@@ -134,7 +130,7 @@ def test_each_model_has_a_complete_mlflow_run(project):
 def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(project, model, tmp_path):
     project, _ = project
     client = client_for(project)
-    (r,) = [r for r in runs_of(client) if r.info.run_name == model]
+    (r,) = [r for r in runs_of(project) if r.info.run_name == model]
     mlflow.set_tracking_uri(client.tracking_uri)
     (logged,) = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id],
                                             filter_string=f"source_run_id = '{r.info.run_id}'",
@@ -173,14 +169,16 @@ def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(projec
 
 def test_nothing_secret_from_the_environment_reaches_mlflow(project):
     project, _ = project
-    for r in runs_of(client_for(project)):
+    for r in runs_of(project):
         recorded = json.dumps([r.data.params, r.data.tags])
         assert SECRET not in recorded
 
 
 def test_a_bad_param_stops_dvc_before_any_output_is_touched(project):
     project, _ = project
-    before = {p: p.read_bytes() for p in [project / "dvc.lock", *sorted((project / "models").iterdir())]}
+    # Every output DVC tracks, down to the last stage's: none may be removed or rewritten.
+    outputs = [f for d in ("data", "models", "reports") for f in sorted((project / d).rglob("*")) if f.is_file()]
+    before = {p: p.read_bytes() for p in [project / "dvc.lock", *outputs]}
     text = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(text.replace("    lr:", "    lrr:", 1))
     try:
@@ -233,14 +231,14 @@ def test_evaluation_outputs_and_figures(project):
 def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_own(project):
     project, _ = project
     client = client_for(project)
-    for r in runs_of(client):
+    for r in runs_of(project):
         metrics = set(r.data.metrics)
         assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "confusion_test.png" in artifacts and "figures" not in artifacts
         per_class = json.loads((project / f"reports/eval/{r.info.run_name}.per_class.json").read_text())
         assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == per_class
-    (report,) = runs_of(client, "mnist-reports")
+    (report,) = runs_of(project, "mnist-reports")
     assert report.info.run_name == "report" and report.info.status == "FINISHED"
     figures = [a.path for a in client.list_artifacts(report.info.run_id, "figures")]
     assert "figures/robustness.png" in figures and "figures/mistakes_cnn.png" in figures
@@ -267,7 +265,7 @@ def test_evaluation_without_the_training_run_logs_to_a_new_run(project, tmp_path
     out = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@lenet"], project, env)
     assert "no MLflow run holds lenet" in out.stdout + out.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{other}")
-    (r,) = runs_of(client)
+    (r,) = runs_of(project)
     assert r.data.tags["evaluation_only"] == "true" and "test_acc" in r.data.metrics
     assert "confusion_test.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
     assert (tmp_path / "other" / "artifacts").is_dir()  # artifacts beside that store, not in the project
@@ -308,28 +306,27 @@ window.addEventListener("load", () => {
     assert result["images"][0][0].endswith("/robustness.png")  # the table and the robustness figure first
     assert [m for m, _ in result["models"]] == [f"model-{m}" for m in MODELS]
     for model, facts in result["models"]:
-        for what in ("parameters", "training time", "val acc", "test acc", "git commit", "MLflow run"):
+        for what in ("parameters", "val acc", "test acc", "weights (md5)", "MLflow run"):
             assert what in facts, (model, what)
     assert page.count(f"{ui_url()}/#/experiments/") == 2 + len(MODELS)  # the experiment (href, text), each run
+    for model in MODELS:  # each run found by its weights' md5, which the page names instead of a run id
+        assert quote(f"tags.model_md5 = '{file_md5(project / f'models/{model}.pt')}'") in html.unescape(page)
 
 
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     project, _ = project
-    client = client_for(project)
-    before = len(runs_of(client))
+    before = len(runs_of(project))
     again = dvc(project, "repro")
     assert "Running stage" not in again.stdout
-    assert len(runs_of(client)) == before
+    assert len(runs_of(project)) == before
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["cnn"]["lr"] = 0.01
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, "train.cnn.lr", 0.01)
     changed = dvc(project, "repro")
     ran = [line for line in changed.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'check_params':", "Running stage 'train@cnn':", "Running stage 'evaluate@cnn':",
                    "Running stage 'visualize':"]
-    latest = runs_of(client)[-1]
-    assert len(runs_of(client)) == before + 1
+    latest = runs_of(project)[-1]
+    assert len(runs_of(project)) == before + 1
     assert latest.info.run_name == "cnn" and latest.data.params["lr"] == "0.01"
 
 
@@ -337,10 +334,9 @@ def test_dvc_exp_run_temp_lands_in_the_same_store(project):
     project, _ = project
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "cnn lr 0.01"], project, pipeline_env())
-    client = client_for(project)
-    before = len(runs_of(client))
+    before = len(runs_of(project))
     dvc(project, "exp", "run", "--temp", "-S", "train.lenet.lr=0.002", "-n", "lenet-lr")
-    runs = runs_of(client)
+    runs = runs_of(project)
     assert len(runs) == before + 1
     latest = runs[-1]
     assert latest.info.run_name == "lenet" and latest.data.params["lr"] == "0.002"
@@ -354,7 +350,7 @@ def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never
     client = client_for(project)
     champion = client.get_model_version_by_alias("mnist-mlp", "champion")
     dvc(project, "exp", "run", "--temp", "-S", "train.mlp.lr=0.0000001", "-S", "train.mlp.epochs=1", "-n", "worse")
-    worse = runs_of(client)[-1]
+    worse = runs_of(project)[-1]
     assert worse.info.run_name == "mlp" and worse.data.tags["dvc_exp_name"] == "worse"
     assert worse.data.metrics["test_acc"] < client.get_run(champion.run_id).data.metrics["test_acc"]
     newest = max(client.search_model_versions("name = 'mnist-mlp'"), key=lambda v: int(v.version))
@@ -369,26 +365,24 @@ def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never
 def test_visualization_and_variant_changes_retrain_nothing(project):
     project, _ = project
 
-    def change(section, key, value):
-        params = yaml.safe_load((project / "params.yaml").read_text())
-        params[section][key] = value
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    def change(key, value):
+        set_params(project, key, value)
         out = dvc(project, "repro").stdout
         return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
 
-    assert change("visualize", "dpi", 60) == ["check_params", "visualize"]
+    assert change("visualize.dpi", 60) == ["check_params", "visualize"]
     variants = {"crop22": {"crop": 22}, "crop18": {"crop": 18}, "crop24": {"crop": 24}}
-    ran = change("preprocess", "variants", variants)
+    ran = change("preprocess.variants", variants)
     assert ran == ["check_params", "preprocess", "evaluate@mlp", "evaluate@cnn", "evaluate@lenet", "visualize"]
     assert "crop24" in json.loads((project / "reports/eval/cnn.json").read_text())
 
 
 def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     project, _ = project
-    client = client_for(project)
-    first_cnn = [r for r in runs_of(client) if r.info.run_name == "cnn"][0]
-    assert first_cnn.data.params["lr"] != "0.01"  # trained before the lr change
-    assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]  # the workspace moved on
+    first_cnn = [r for r in runs_of(project) if r.info.run_name == "cnn"][0]
+    set_params(project, "train.cnn.lr", 0.02)  # the workspace moves on (whatever ran before)
+    dvc(project, "repro")
+    assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]
     env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
     shown = run([sys.executable, "-m", "mnistflow.lineage", "show", first_cnn.info.run_id], project, env).stdout
     assert f"model md5    {first_cnn.data.tags['model_md5']}" in shown
@@ -436,7 +430,7 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
     assert status.count("Success") == 4, f"{status}\n{workers[-3000:]}"
     client = client_for(project)
-    swept = [r for r in runs_of(client) if r.info.run_name == "mlp" and r.data.params["lr"] in rates]
+    swept = [r for r in runs_of(project) if r.info.run_name == "mlp" and r.data.params["lr"] in rates]
     assert sorted(r.data.params["lr"] for r in swept) == rates
     for r in swept:
         assert r.info.status == "FINISHED" and r.data.tags.get("dvc_exp_name")
@@ -452,13 +446,11 @@ def test_a_moved_copy_of_the_repo_keeps_its_store_working(project, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(project, moved, symlinks=True)
     before = sorted((project / "mlruns/artifacts").iterdir())
-    params = yaml.safe_load((moved / "params.yaml").read_text())
-    params["train"]["mlp"]["lr"] = 0.004
-    (moved / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(moved, "train.mlp.lr", 0.004)
     out = dvc(moved, "repro")
     assert f"the MLflow store {moved / 'mlruns'} was moved here from {project / 'mlruns'}" in out.stdout + out.stderr
     client = client_for(moved)
-    new = runs_of(client)[-1]
+    new = runs_of(moved)[-1]
     assert new.data.params["lr"] == "0.004"
     assert new.info.artifact_uri.startswith((moved / "mlruns").as_uri())
     assert (moved / "mlruns/artifacts" / new.info.run_id / "artifacts/loss_curve.png").is_file()
