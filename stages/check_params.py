@@ -1,4 +1,4 @@
-"""DVC stage check_params: validate params.yaml before any other stage; write STAMP when valid."""
+"""DVC stage check_params [STAMP]: validate params.yaml before any other stage; write STAMP when valid."""
 import sys
 from pathlib import Path
 
@@ -6,11 +6,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in 
 
 from mnistflow.config import check_params  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.models import model_names  # noqa: E402
 
 
 def main() -> None:
-    (stamp,) = sys.argv[1:]
-    check_params("params.yaml", stamp)
+    check_params("params.yaml", sys.argv[1] if sys.argv[1:] else None, model_names())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def main() -> None:
     raw_dir, out_dir = sys.argv[1:]
     cfg = load_config()
     preprocess(Path(raw_dir), DATASETS[cfg.data.dataset], cfg.data.val_size, cfg.seed,
-               cfg.variants, Path(out_dir))
+               cfg.preprocess.variants, Path(out_dir))
 
 
 if __name__ == "__main__":

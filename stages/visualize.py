@@ -6,12 +6,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in 
 
 from mnistflow.config import load_config  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
+from mnistflow.models import model_names  # noqa: E402
 from mnistflow.visualize import visualize  # noqa: E402
 
 
 def main() -> None:
     data_dir, models_dir, train_dir, eval_dir, figures_dir, index = map(Path, sys.argv[1:])
-    visualize(load_config(), data_dir, models_dir, train_dir, eval_dir, figures_dir, index)
+    visualize(load_config("params.yaml", model_names()), data_dir, models_dir, train_dir, eval_dir, figures_dir, index)
 
 
 if __name__ == "__main__":

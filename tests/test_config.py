@@ -4,10 +4,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistflow.config import SCHEDULERS, load_config, parse_config
+from mnistflow.config import StepScheduler, load_config, parse_config
 from mnistflow.errors import ConfigError
+from mnistflow.models import model_names
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+def parse(raw):
+    return parse_config(raw, model_names())
 
 
 def with_change(path: str, value):
@@ -24,16 +29,16 @@ def with_change(path: str, value):
 
 
 def test_the_project_params_are_valid():
-    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    assert cfg.models == ("mlp", "cnn", "lenet")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", model_names())
+    assert cfg.train.models == ("mlp", "cnn", "lenet")
     assert cfg.data.dataset == "fashion_mnist"
-    assert set(cfg.variants) == {"crop22", "crop18"}
+    assert set(cfg.preprocess.variants) == {"crop22", "crop18"}
     params = cfg.run_params("cnn")
     assert params["model"] == "cnn" and params["lr"] == cfg.model("cnn").lr
     assert params["scheduler"] == cfg.model("cnn").scheduler.name
     assert params["dataset"] == "fashion_mnist" and params["seed"] == cfg.seed
     # One name means one thing for every model: the same keys whatever the model.
-    assert {m: sorted(cfg.run_params(m)) for m in cfg.models} == {m: sorted(params) for m in cfg.models}
+    assert {m: sorted(cfg.run_params(m)) for m in cfg.train.models} == {m: sorted(params) for m in cfg.train.models}
 
 
 @pytest.mark.parametrize("path, value, message", [
@@ -65,24 +70,24 @@ def test_the_project_params_are_valid():
 ])
 def test_bad_values_are_refused_with_the_key_and_what_is_allowed(path, value, message):
     with pytest.raises(ConfigError) as err:
-        parse_config(with_change(path, value))
+        parse(with_change(path, value))
     assert message in str(err.value)
 
 
 def test_a_listed_model_needs_its_section():
     raw = with_change("train.lenet", KeyError)
     with pytest.raises(ConfigError, match="train.models lists 'lenet' but there is no train.lenet section"):
-        parse_config(raw)
+        parse(raw)
 
 
 def test_scheduler_defaults_fill_in_and_overrides_apply():
-    cfg = parse_config(with_change("train.cnn.scheduler", {"name": "step", "step_size": 3}))
-    assert cfg.model("cnn").scheduler.settings == {"step_size": 3, "gamma": SCHEDULERS["step"]["gamma"]}
+    cfg = parse(with_change("train.cnn.scheduler", {"name": "step", "step_size": 3}))
+    assert cfg.model("cnn").scheduler.settings == {"step_size": 3, "gamma": StepScheduler.model_fields["gamma"].default}
 
 
 def test_scientific_notation_without_a_dot_is_a_number():
     # YAML 1.1 reads 1e-3 as a string; a user writing it means a number.
-    assert parse_config(with_change("train.cnn.lr", "1e-3")).model("cnn").lr == 0.001
+    assert parse(with_change("train.cnn.lr", "1e-3")).model("cnn").lr == 0.001
 
 
 def test_missing_or_broken_params_file(tmp_path):

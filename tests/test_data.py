@@ -78,11 +78,11 @@ def test_splits_are_seeded_disjoint_and_complete():
 
 def test_crop_variant_is_a_resized_window_and_deterministic():
     test = Split(torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8), torch.zeros(50, dtype=torch.int64))
-    a = make_variant(test, "crop22", VariantConfig(22), seed=0)
+    a = make_variant(test, "crop22", VariantConfig(crop=22), seed=0)
     assert a.images.shape == (50, 1, 28, 28) and a.images.dtype == torch.uint8
-    assert torch.equal(a.images, make_variant(test, "crop22", VariantConfig(22), seed=0).images)
-    assert not torch.equal(a.images, make_variant(test, "other", VariantConfig(22), seed=0).images)
-    assert torch.equal(make_variant(test, "full", VariantConfig(28), seed=0).images, test.images)
+    assert torch.equal(a.images, make_variant(test, "crop22", VariantConfig(crop=22), seed=0).images)
+    assert not torch.equal(a.images, make_variant(test, "other", VariantConfig(crop=22), seed=0).images)
+    assert torch.equal(make_variant(test, "full", VariantConfig(crop=28), seed=0).images, test.images)
 
 
 def test_random_shift_moves_content_without_changing_it():
@@ -114,7 +114,7 @@ def test_bad_split_files_are_refused_naming_the_file(tmp_path, obj, message):
 def test_preprocess_writes_splits_stats_and_variants(tmp_path):
     mirror = write_idx(tmp_path / "mirror", n_train=60, n_test=30)
     fetch(MNIST, str(mirror), tmp_path / "raw")
-    preprocess(tmp_path / "raw", MNIST, 10, 0, {"crop20": VariantConfig(20)}, tmp_path / "out")
+    preprocess(tmp_path / "raw", MNIST, 10, 0, {"crop20": VariantConfig(crop=20)}, tmp_path / "out")
     assert len(load_split(tmp_path / "out/train.pt")) == 50
     assert len(load_split(tmp_path / "out/variants/crop20.pt")) == 30
     first = (tmp_path / "out/train.pt").read_bytes()

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnistflow.errors import ConfigError
 from mnistflow.models import create_model, model_names, register
 
 EXPECTED_PARAMS = {
@@ -24,7 +25,7 @@ def test_every_model_maps_a_batch_to_ten_logits(name):
 
 
 def test_unknown_model_suggests_the_closest():
-    with pytest.raises(KeyError, match="unknown model 'lenett'; did you mean 'lenet'"):
+    with pytest.raises(ConfigError, match="unknown model 'lenett'; did you mean 'lenet'"):
         create_model("lenett")
 
 

@@ -1,106 +1,182 @@
-"""params.yaml -> a validated, typed, read-only config.
+"""params.yaml -> a validated, read-only config that mirrors the file (`cfg.visualize.dpi`).
 
-Everything the code knows about configuration comes through `load_config`.
-A bad key or value raises `ConfigError` naming the key, the value and what is
-allowed, before any stage does work.
+pydantic checks types and ranges; `_message` says each failure as the user needs it: the dotted
+key, the bad value, what is allowed, "did you mean" for a typo. Raised as `ConfigError`.
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields
+import functools
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Annotated, Any, Callable, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, \
+    create_model, model_validator
 
 from mnistflow.datasets import DATASETS
 from mnistflow.errors import ConfigError
 from mnistflow.io import write_bytes
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-OPTIMIZERS = ("sgd", "adam", "adadelta", "adagrad", "rmsprop")
 IMAGE_SIZE = 28  # every dataset of the MNIST family is 28x28
-
-# Each scheduler's own settings with their defaults; any other key is refused.
-SCHEDULERS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "step": {"step_size": 5, "gamma": 0.1},  # lr *= gamma every step_size epochs
-    "multistep": {"milestones": [5, 8], "gamma": 0.1},  # lr *= gamma at each milestone epoch
-    "exponential": {"gamma": 0.9},  # lr *= gamma every epoch
-    "cosine": {"eta_min": 0.0},  # cosine from lr down to eta_min over all epochs
-    "plateau": {"factor": 0.1, "patience": 2},  # lr *= factor when val_loss stalls
-}
+SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    name: str
-    settings: dict[str, Any]
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; a user writing it means a number."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    optimizer: str  # one of OPTIMIZERS
-    lr: float
-    momentum: float  # used by sgd and rmsprop
-    weight_decay: float
+def _unless(bad: Callable[[Any], Any], why: Callable[[Any], str]) -> AfterValidator:
+    """Refuse a value for which `bad` holds, saying `why(value)`."""
+    def check(value):
+        if bad(value):
+            raise ValueError(why(value))
+        return value
+    return AfterValidator(check)
+
+
+# Strict (below): an int is no bool, a bool no "yes"; a number may be written as an int.
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Scheduler(Section):
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"})
+
+
+class NoScheduler(Scheduler):
+    name: Literal["none"]
+
+
+class StepScheduler(Scheduler):  # lr *= gamma every step_size epochs
+    name: Literal["step"]
+    step_size: int = Field(5, ge=1)
+    gamma: Number = Field(0.1, gt=0.0, le=1.0)
+
+
+class MultiStepScheduler(Scheduler):  # lr *= gamma at each milestone epoch
+    name: Literal["multistep"]
+    milestones: Annotated[list[Annotated[int, Field(ge=1)]], _unless(
+        lambda ms: ms != sorted(set(ms)), lambda ms: f"{ms!r} must be strictly increasing")] = Field([5, 8], min_length=1)
+    gamma: Number = Field(0.1, gt=0.0, le=1.0)
+
+
+class ExponentialScheduler(Scheduler):  # lr *= gamma every epoch
+    name: Literal["exponential"]
+    gamma: Number = Field(0.9, gt=0.0, le=1.0)
+
+
+class CosineScheduler(Scheduler):  # cosine from lr down to eta_min over all epochs
+    name: Literal["cosine"]
+    eta_min: Number = Field(0.0, ge=0.0)
+
+
+class PlateauScheduler(Scheduler):  # lr *= factor when val_loss stalls
+    name: Literal["plateau"]
+    factor: Number = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(2, ge=0)
+
+
+SchedulerConfig = Annotated[Union[NoScheduler, StepScheduler, MultiStepScheduler, ExponentialScheduler,
+                                  CosineScheduler, PlateauScheduler], Field(discriminator="name")]
+
+
+class ModelConfig(Section):
+    optimizer: Literal["sgd", "adam", "adadelta", "adagrad", "rmsprop"]
+    lr: Number = Field(gt=0.0)
+    momentum: Number = Field(ge=0.0, lt=1.0)  # used by sgd and rmsprop
+    weight_decay: Number = Field(ge=0.0)
     scheduler: SchedulerConfig
-    epochs: int
-    batch_size: int
-    shift: int  # augmentation: random translation of each training image by up to this many pixels
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    # augmentation: random translation of each training image by up to this many pixels
+    shift: int = Field(ge=0, le=IMAGE_SIZE // 2 - 1)
 
     def flat(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scheduler"}
-        out["scheduler"] = self.scheduler.name
-        out.update({f"scheduler.{k}": v for k, v in self.scheduler.settings.items()})
-        return out
+        return {**self.model_dump(exclude={"scheduler"}), "scheduler": self.scheduler.name,
+                **{f"scheduler.{k}": v for k, v in self.scheduler.settings.items()}}
 
 
-@dataclass(frozen=True)
-class VariantConfig:
-    crop: int  # RandomCrop(crop) of the 28x28 test image, then Resize back to 28
+class VariantConfig(Section):  # RandomCrop(crop) of the 28x28 test image, then Resize back to 28
+    crop: Annotated[int, Field(ge=1), _unless(lambda crop: crop > IMAGE_SIZE, lambda crop: (
+        f"{crop} is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; allowed 1..{IMAGE_SIZE}"))]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str
+class DataConfig(Section):
+    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
     mirror: str | None  # a folder holding the four IDX files, gzipped or not
-    val_size: int  # images held out of train for validation
+    val_size: int = Field(ge=1)  # images held out of train for validation
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int
-    device: str
-    data: DataConfig
-    variants: dict[str, VariantConfig]
-    models: tuple[str, ...]  # the models the pipeline trains
+class PreprocessConfig(Section):
+    variants: Annotated[dict[str, VariantConfig], _unless(lambda vs: set(vs) & set(SPLITS), lambda vs: (
+        f"the name {sorted(set(vs) & set(SPLITS))[0]!r} is taken by a data split; choose another"))]
+
+
+ONCE = _unless(lambda ms: len(set(ms)) != len(ms), lambda ms: f"{list(ms)!r} names a model twice")
+
+
+class TrainConfig(Section):
+    """The fixed keys; `_config_class` adds an optional `ModelConfig` per registered model."""
+    # the models the pipeline trains, from a YAML list (strict mode would take only a tuple)
+    models: Annotated[tuple[str, ...], ONCE] = Field(min_length=1, strict=False)
     amp: bool  # mixed precision on CUDA
     deterministic: bool
     resume: bool  # continue from the last epoch checkpoint after a kill
-    model_configs: dict[str, ModelConfig]
-    dpi: int  # resolution of the visualize stage's figures
+
+
+class VisualizeConfig(Section):
+    dpi: int = Field(ge=20)  # resolution of the visualize stage's figures
+
+
+class Config(Section):
+    seed: int = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    data: DataConfig
+    preprocess: PreprocessConfig
+    train: TrainConfig
+    visualize: VisualizeConfig
+
+    @model_validator(mode="after")
+    def _sections_of_listed_models(self) -> Config:
+        for name in self.train.models:
+            if getattr(self.train, name, None) is None:
+                raise ValueError(f"train.models lists {name!r} but there is no train.{name} section")
+        return self
 
     def model(self, name: str) -> ModelConfig:
-        return self.model_configs[name]
+        if not isinstance(section := getattr(self.train, name, None), ModelConfig):
+            raise ConfigError(f"no train.{name} section in params.yaml (models: {', '.join(self.train.models)})")
+        return section
 
     def run_params(self, name: str) -> dict[str, Any]:
         """What an MLflow run of one model records, under names that mean the same for every
         model (one column per setting in the UI): its settings, the data and the seed. Where
         they sit in params.yaml (train.<model>.lr) is in the run's params.yaml artifact."""
-        return {
-            "model": name,
-            **self.model(name).flat(),
-            "dataset": self.data.dataset,
-            "val_size": self.data.val_size,
-            "seed": self.seed,
-            "device": self.device,
-            "amp": self.amp,
-            "deterministic": self.deterministic,
-        }
+        return {"model": name, **self.model(name).flat(), "dataset": self.data.dataset, "val_size": self.data.val_size,
+                "seed": self.seed, "device": self.device, "amp": self.train.amp, "deterministic": self.train.deterministic}
 
 
-def load_config(path: str | Path = "params.yaml") -> Config:
+@functools.cache
+def _config_class(models: tuple[str, ...]) -> type[Config]:
+    """Config whose train section takes these model names (the registry's) and no others."""
+    name = Literal[models] if models else str  # type: ignore[valid-type]
+    train = create_model("TrainConfig", __base__=TrainConfig, **{m: (ModelConfig | None, None) for m in models},
+                         models=(Annotated[tuple[name, ...], ONCE], Field(min_length=1, strict=False)))
+    return create_model("Config", __base__=Config, train=(train, ...))
+
+
+def load_config(path: str | Path = "params.yaml", models: Sequence[str] | None = None) -> Config:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -108,200 +184,104 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw)
+    return parse_config(raw, models)
 
 
-def parse_config(raw: Any) -> Config:
-    from mnistflow.models import model_names  # the registry decides which model sections exist
-
-    top = _section(raw, "", ["seed", "device", "data", "preprocess", "train", "visualize"])
-    vis = _section(top["visualize"], "visualize", ["dpi"])
-    data = _section(top["data"], "data", ["dataset", "mirror", "val_size"])
-    pre = _section(top["preprocess"], "preprocess", ["variants"])
-    registered = model_names()
-    train = _section(top["train"], "train", ["models", "amp", "deterministic", "resume"], optional=registered)
-
-    variants_raw = _mapping(pre["variants"] or {}, "preprocess.variants")
-    variants = {}
-    for name, spec in variants_raw.items():
-        key = f"preprocess.variants.{name}"
-        if name in ("train", "val", "test"):
-            raise ConfigError(f"{key}: the name {name!r} is taken by a data split; choose another")
-        crop = _int(_section(spec, key, ["crop"])["crop"], f"{key}.crop", 1)
-        if crop > IMAGE_SIZE:
-            raise ConfigError(f"{key}.crop: {crop} is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; "
-                              f"allowed 1..{IMAGE_SIZE}")
-        variants[str(name)] = VariantConfig(crop=crop)
-
-    models = train["models"]
-    if not isinstance(models, list) or not models:
-        raise ConfigError(f"train.models: {models!r} must be a non-empty list of models; known: {_known(registered)}")
-    for name in models:
-        _choice(name, "train.models", registered)
-        if name not in train:
-            raise ConfigError(f"train.models lists {name!r} but there is no train.{name} section")
-    if len(set(models)) != len(models):
-        raise ConfigError(f"train.models: {models!r} names a model twice")
-
-    mirror = data["mirror"]
-    if mirror is not None and not isinstance(mirror, str):
-        raise ConfigError(f"data.mirror: {mirror!r} must be a folder path or null")
-
-    return Config(
-        seed=_int(top["seed"], "seed", 0),
-        device=_choice(top["device"], "device", DEVICES),
-        data=DataConfig(
-            dataset=_choice(data["dataset"], "data.dataset", DATASETS),
-            mirror=mirror,
-            val_size=_int(data["val_size"], "data.val_size", 1),
-        ),
-        variants=variants,
-        models=tuple(models),
-        amp=_bool(train["amp"], "train.amp"),
-        deterministic=_bool(train["deterministic"], "train.deterministic"),
-        resume=_bool(train["resume"], "train.resume"),
-        model_configs={name: _model(train[name], f"train.{name}") for name in registered if name in train},
-        dpi=_int(vis["dpi"], "visualize.dpi", 20),
-    )
+def parse_config(raw: Any, models: Sequence[str] | None = None) -> Config:
+    """`models`: the registry's names, which the train section may hold. Without them (a stage
+    that trains nothing), the sections present are taken as given: check_params ran first."""
+    if models is None:
+        train = raw.get("train") if isinstance(raw, dict) else None
+        models = [k for k in train if k not in TrainConfig.model_fields] if isinstance(train, dict) else []
+    cls = _config_class(tuple(models))
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # A typo also makes its key missing: where keys are unknown, name those alone.
+        errors = [e for e in errors if e["type"] == "extra_forbidden"] or errors
+        raise ConfigError("\n".join(dict.fromkeys(_message(cls, e) for e in errors))) from None
 
 
-def _model(raw: Any, key: str) -> ModelConfig:
-    names = ["optimizer", "lr", "momentum", "weight_decay", "scheduler", "epochs", "batch_size", "shift"]
-    sec = _section(raw, key, names)
-    return ModelConfig(
-        optimizer=_choice(sec["optimizer"], f"{key}.optimizer", OPTIMIZERS),
-        lr=_float(sec["lr"], f"{key}.lr", 0.0, strict=True),
-        momentum=_float(sec["momentum"], f"{key}.momentum", 0.0, below=1.0),
-        weight_decay=_float(sec["weight_decay"], f"{key}.weight_decay", 0.0),
-        scheduler=_scheduler(sec["scheduler"], f"{key}.scheduler"),
-        epochs=_int(sec["epochs"], f"{key}.epochs", 1),
-        batch_size=_int(sec["batch_size"], f"{key}.batch_size", 1),
-        shift=_shift(sec["shift"], f"{key}.shift"),
-    )
+# --- from pydantic's error to the user's message ---
+
+OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def _shift(value: Any, key: str) -> int:
-    shift = _int(value, key, 0)
-    if shift >= IMAGE_SIZE // 2:
-        raise ConfigError(f"{key}: {shift} would move the image out of its {IMAGE_SIZE}x{IMAGE_SIZE} frame; "
-                          f"allowed 0..{IMAGE_SIZE // 2 - 1}")
-    return shift
+def _walk(cls: type, loc: tuple) -> tuple[str, Any, type | None, str | None]:
+    """loc -> (dotted key, the annotation there, the model holding the last key, the scheduler
+    name passed on the way: pydantic puts a tagged union's tag in loc)."""
+    keys: list[str] = []
+    ann, owner, tag = cls, None, None
+    for part in loc:
+        if get_origin(ann) in (Union, UnionType):
+            members = [m for m in get_args(ann) if m is not NoneType]
+            if len(members) > 1:
+                ann, tag = next(m for m in members if part in _options(m)), part
+                continue
+            ann = members[0]
+        if isinstance(part, int):  # a list item: the list's key names it
+            ann = get_args(ann)[0]
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            owner, field = ann, ann.model_fields.get(part)
+            keys.append(part)
+            ann = field and field.annotation
+        else:  # a name under preprocess.variants
+            keys.append(str(part))
+            ann = get_args(ann)[1]
+    return ".".join(keys), ann, owner, tag
 
 
-def _scheduler(raw: Any, key: str) -> SchedulerConfig:
-    raw = _mapping(raw, key)
-    if "name" not in raw:
-        raise ConfigError(f"{key}.name is missing; allowed: {_known(SCHEDULERS)}")
-    name = _choice(raw["name"], f"{key}.name", SCHEDULERS)
-    defaults = SCHEDULERS[name]
-    settings = dict(defaults)
-    for k, v in raw.items():
-        if k == "name":
-            continue
-        if k not in defaults:
-            takes = ", ".join(defaults) or "no settings"
-            raise ConfigError(f"{key}.{k} does not apply to scheduler {name!r} (it takes: {takes})")
-        settings[k] = v
-    for k, v in settings.items():
-        sub = f"{key}.{k}"
-        if k == "gamma":
-            settings[k] = _float(v, sub, 0.0, strict=True, below=1.0, inclusive_below=True)
-        elif k == "factor":
-            settings[k] = _float(v, sub, 0.0, strict=True, below=1.0)
-        elif k == "eta_min":
-            settings[k] = _float(v, sub, 0.0)
-        elif k == "patience":
-            settings[k] = _int(v, sub, 0)
-        elif k == "step_size":
-            settings[k] = _int(v, sub, 1)
-        elif k == "milestones":
-            if not isinstance(v, list) or not v:
-                raise ConfigError(f"{sub}: {v!r} must be a non-empty list of epochs")
-            ms = [_int(m, sub, 1) for m in v]
-            if ms != sorted(set(ms)):
-                raise ConfigError(f"{sub}: {v!r} must be strictly increasing")
-            settings[k] = ms
-    return SchedulerConfig(name=name, settings=settings)
+def _options(ann: Any) -> list[str]:
+    """The values a Literal allows (also inside tuple[...], or a scheduler's name)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return _options(ann.model_fields["name"].annotation)
+    if get_origin(ann) is Literal:
+        return [str(a) for a in get_args(ann)]
+    return [o for a in get_args(ann) for o in _options(a)]
 
 
-# --- small validators: each names the key, the bad value and what is allowed ---
-
-def _known(options) -> str:
-    return ", ".join(str(o) for o in options)
-
-
-def _mapping(raw: Any, key: str) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key or 'params.yaml'}: expected a mapping of keys, got {raw!r}")
-    return raw
+def _hint(value: Any, options: Sequence[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(value), list(options), n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
-def _section(raw: Any, key: str, required: list[str], optional=()) -> dict:
-    raw = _mapping(raw, key)
-    allowed = list(required) + list(optional)
-    for k in raw:
-        if k not in allowed:
-            full = f"{key}.{k}" if key else str(k)
-            close = difflib.get_close_matches(str(k), allowed, n=1)
-            hint = f"; did you mean {(key + '.' if key else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {full!r}{hint} (allowed here: {_known(allowed)})")
-    for k in required:
-        if k not in raw:
-            raise ConfigError(f"missing key {(key + '.' if key else '') + k!r}")
-    return raw
+def _message(cls: type, error: dict) -> str:
+    kind, loc, value, ctx = error["type"], error["loc"], error.get("input"), error.get("ctx", {})
+    key, ann, owner, tag = _walk(cls, loc)
+    parent, _, last = key.rpartition(".")
+    if kind == "extra_forbidden":
+        allowed = [f for f in (owner.model_fields if owner else []) if not (tag and f == "name")]
+        if tag:
+            return f"{key} does not apply to scheduler {tag!r} (it takes: {', '.join(allowed) or 'no settings'})"
+        return f"unknown key {key!r}{_hint(last, allowed, parent + '.' if parent else '')} " \
+               f"(allowed here: {', '.join(allowed)})"
+    if kind in ("literal_error", "union_tag_invalid", "union_tag_not_found"):
+        names = _options(ann)
+        if kind == "union_tag_not_found":
+            return f"{key}.name is missing; allowed: {', '.join(names)}"
+        key, value = (f"{key}.name", ctx["tag"]) if kind == "union_tag_invalid" else (key, value)
+        return f"{key}: unknown value {value!r}{_hint(value, names)} (allowed: {', '.join(names)})"
+    if kind == "value_error":  # our validators' own words
+        return f"{key}: {ctx['error']}" if key else str(ctx["error"])
+    if kind == "missing":
+        return f"missing key {key!r}"
+    if kind in ("model_type", "dict_type"):
+        return f"{key or 'params.yaml'}: expected a mapping of keys, got {value!r}"
+    field = owner.model_fields.get(last) if owner else None
+    bounds = " and ".join(f"{op} {getattr(m, k)}" for m in (field.metadata if field else [])
+                          for k, op in OPS.items() if hasattr(m, k))
+    bounds = bounds or " and ".join(f"{OPS[k]} {v}" for k, v in ctx.items() if k in OPS)  # a list item's
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
+        return f"{key}: {float(value) if ann is float else value} is out of range; it must be {bounds}"
+    must = {"bool": "true or false", "string": "text", "int": f"an integer {bounds}", "float": f"a number {bounds}",
+            "too": "a non-empty list", "tuple": "a list", "list": "a list"}.get(kind.split("_")[0])
+    return f"{key}: {value!r} must be {must}".rstrip() if must else f"{key}: {value!r}: {error['msg']}"
 
 
-def _choice(value: Any, key: str, options) -> str:
-    if value not in options:
-        close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{key}: unknown value {value!r}{hint} (allowed: {_known(options)})")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} must be true or false")
-    return value
-
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: {value!r} must be an integer >= {minimum}")
-    if value < minimum:
-        raise ConfigError(f"{key}: {value} is out of range; it must be >= {minimum}")
-    return value
-
-
-def _float(value: Any, key: str, minimum: float, strict: bool = False,
-           below: float | None = None, inclusive_below: bool = False) -> float:
-    lo = f"> {minimum}" if strict else f">= {minimum}"
-    hi = "" if below is None else f" and {'<=' if inclusive_below else '<'} {below}"
-    if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: {value!r} must be a number {lo}{hi}")
-    value = float(value)
-    bad_lo = value <= minimum if strict else value < minimum
-    bad_hi = below is not None and (value > below if inclusive_below else value >= below)
-    if bad_lo or bad_hi or value != value:
-        raise ConfigError(f"{key}: {value} is out of range; it must be {lo}{hi}")
-    return value
-
-
-def check_params(path: str = "params.yaml", stamp: str | None = None) -> None:
+def check_params(path: str = "params.yaml", stamp: str | None = None, models: Sequence[str] | None = None) -> None:
     """Validate params.yaml; on success write `stamp` (always the same bytes) if given."""
-    load_config(path)
+    load_config(path, models)
     if stamp:
         write_bytes(stamp, b"params.yaml is valid\n")
 
-
-if __name__ == "__main__":  # python -m mnistflow.config [params.yaml [STAMP]]: exit 2 on a bad value
-    import sys
-
-    from mnistflow.errors import run_stage
-
-    run_stage(lambda: check_params(*sys.argv[1:3]))

@@ -2,49 +2,38 @@
 from __future__ import annotations
 
 import torch
+from torch.optim import lr_scheduler
 
 from mnistflow.config import ModelConfig
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta,
+              "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+WITH_MOMENTUM = {"sgd", "rmsprop"}
+# The config's scheduler settings are these classes' own keyword arguments.
+SCHEDULERS = {"step": lr_scheduler.StepLR, "multistep": lr_scheduler.MultiStepLR,
+              "exponential": lr_scheduler.ExponentialLR, "cosine": lr_scheduler.CosineAnnealingLR,
+              "plateau": lr_scheduler.ReduceLROnPlateau}
+
 
 def build_optimizer(params, cfg: ModelConfig) -> torch.optim.Optimizer:
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, momentum=cfg.momentum, **common)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, **common)
-    if cfg.optimizer == "adadelta":
-        return torch.optim.Adadelta(params, **common)
-    if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, **common)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, momentum=cfg.momentum, **common)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")  # config validation prevents this
+    momentum = {"momentum": cfg.momentum} if cfg.optimizer in WITH_MOMENTUM else {}
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay, **momentum)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelConfig):
     """A per-epoch scheduler, or None; `step_scheduler` advances it."""
-    s, lr_sched = cfg.scheduler.settings, torch.optim.lr_scheduler
     name = cfg.scheduler.name
     if name == "none":
         return None
-    if name == "step":
-        return lr_sched.StepLR(optimizer, step_size=s["step_size"], gamma=s["gamma"])
-    if name == "multistep":
-        return lr_sched.MultiStepLR(optimizer, milestones=s["milestones"], gamma=s["gamma"])
-    if name == "exponential":
-        return lr_sched.ExponentialLR(optimizer, gamma=s["gamma"])
-    if name == "cosine":
-        return lr_sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=s["eta_min"])
-    if name == "plateau":
-        return lr_sched.ReduceLROnPlateau(optimizer, mode="min", factor=s["factor"], patience=s["patience"])
-    raise ValueError(f"unknown scheduler {name!r}")  # config validation prevents this
+    fixed = {"cosine": {"T_max": cfg.epochs}, "plateau": {"mode": "min"}}.get(name, {})
+    return SCHEDULERS[name](optimizer, **cfg.scheduler.settings, **fixed)
 
 
 def step_scheduler(scheduler, val_loss: float) -> None:
     """Advance one epoch; plateau watches the validation loss."""
     if scheduler is None:
         return
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_loss)
     else:
         scheduler.step()

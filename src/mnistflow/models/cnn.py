@@ -5,6 +5,7 @@ from torch import nn
 from mnistflow.models.registry import register
 
 
+@register("cnn")
 class CNN(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -23,5 +24,3 @@ class CNN(nn.Module):
         x = self.fc3(x).relu()
         return self.fc4(x)
 
-
-register("cnn")(CNN)

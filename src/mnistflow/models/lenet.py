@@ -5,6 +5,7 @@ from torch import nn
 from mnistflow.models.registry import register
 
 
+@register("lenet")
 class LeNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -21,5 +22,3 @@ class LeNet(nn.Module):
         x = self.fc2(x).relu()
         return self.fc3(x)
 
-
-register("lenet")(LeNet)

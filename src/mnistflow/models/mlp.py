@@ -4,6 +4,7 @@ from torch import nn
 from mnistflow.models.registry import register
 
 
+@register("mlp")
 class MLP(nn.Module):
     def __init__(self, hidden: int = 500, num_classes: int = 10):
         super().__init__()
@@ -13,5 +14,3 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.fc2(self.fc1(x.flatten(1)).relu())
 
-
-register("mlp")(MLP)

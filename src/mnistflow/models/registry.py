@@ -6,6 +6,8 @@ from typing import Callable
 
 from torch import nn
 
+from mnistflow.errors import ConfigError
+
 _MODELS: dict[str, Callable[[], nn.Module]] = {}
 
 
@@ -26,5 +28,5 @@ def create_model(name: str) -> nn.Module:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint} (known: {', '.join(model_names())})")
+        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(model_names())})")
     return _MODELS[name]()
