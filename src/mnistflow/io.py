@@ -6,7 +6,7 @@ import io
 import json
 import os
 import pickle
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,10 +14,6 @@ from typing import Iterator
 import torch
 
 from mnistflow.errors import DataError
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def repo_root() -> Path:
@@ -31,15 +27,17 @@ def repo_root() -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/null, a folder: never rename over them
+        raise DataError(f"{path} is not a regular file; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # Mode 0666 less the umask, as for any new file (mkstemp's would be 0600).
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal file's mode
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -1,0 +1,25 @@
+"""Atomic writes: a normal file's mode, and never a rename over something that is not a file."""
+import os
+import stat
+
+import pytest
+
+from mnistflow.errors import DataError
+from mnistflow.io import write_bytes
+
+
+def test_an_output_gets_the_mode_the_umask_gives_any_new_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_bytes(tmp_path / "out.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o640
+
+
+def test_a_path_that_is_not_a_regular_file_is_never_replaced(tmp_path):
+    fifo = tmp_path / "fifo"  # as /dev/null would be, given as a stage's output path
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        write_bytes(fifo, b"x")
+    assert fifo.is_fifo() and list(tmp_path.iterdir()) == [fifo]  # no temp file left either
