@@ -3,7 +3,7 @@ import torch
 
 from mnistflow.evaluation import classification_metrics
 from mnistflow.splits import Split
-from mnistflow.training import Normalizer, predict
+from mnistflow.inference import Normalizer, predict
 
 CLASSES = ["a", "b", "c", "d"]  # "d" has no samples and is never predicted
 

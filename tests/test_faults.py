@@ -6,14 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 
-from conftest import make_project, pipeline_env, run
+from conftest import make_project, pipeline_env, run, runs_of, set_params
 from mnistflow.errors import DataError
 from mnistflow.io import load_torch, write_bytes
 
@@ -31,20 +29,14 @@ def project(tmp_path_factory, tiny_mirror):
     return project
 
 
-def runs(project):
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("mnist")
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-
-
 def interrupt(project, sig, after_epoch=2):
-    """Start training, send `sig` once epoch `after_epoch` has ended (the next one is under way)."""
+    """Start training, send `sig` once epoch `after_epoch` has ended: its log line comes after its
+    checkpoint and MLflow metrics are written, so the signal lands in the next epoch."""
     proc = subprocess.Popen([*TRAIN, *OUTS], cwd=project, env=pipeline_env(), stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:
         lines.append(line)
         if f"cnn epoch {after_epoch}/4" in line:
-            time.sleep(0.2)
             proc.send_signal(sig)
             break
     rest = proc.stderr.read()
@@ -54,7 +46,7 @@ def interrupt(project, sig, after_epoch=2):
 def test_sigterm_saves_the_checkpoint_ends_the_run_killed_and_resume_matches(project):
     code, err = interrupt(project, signal.SIGTERM)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
-    assert runs(project)[-1].info.status == "KILLED"
+    assert runs_of(project)[-1].info.status == "KILLED"
     assert load_torch(project / "checkpoints/cnn.pt")["epoch"] == 2
     assert not (project / "models/cnn.pt").exists()  # no partial output
 
@@ -62,7 +54,7 @@ def test_sigterm_saves_the_checkpoint_ends_the_run_killed_and_resume_matches(pro
     assert "resuming after epoch 2 of 4" in resumed.stderr
     assert (project / "models/cnn.pt").read_bytes() == (project / "ref.pt").read_bytes()
     assert (project / "reports/train/cnn.csv").read_bytes() == (project / "ref.csv").read_bytes()
-    last = runs(project)[-1]
+    last = runs_of(project)[-1]
     assert last.info.status == "FINISHED"
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(last.info.run_id, "val_acc")] == [1, 2, 3, 4]
@@ -72,60 +64,59 @@ def test_sigterm_saves_the_checkpoint_ends_the_run_killed_and_resume_matches(pro
 def test_kill_9_leaves_a_running_run_that_the_next_start_fails_and_resumes(project):
     code, _ = interrupt(project, signal.SIGKILL, after_epoch=1)
     assert code == -signal.SIGKILL
-    killed = runs(project)[-1]
+    killed = runs_of(project)[-1]
     assert killed.info.status == "RUNNING"
     resumed = run([*TRAIN, *OUTS], project, pipeline_env())
     assert f"MLflow run {killed.info.run_id} (cnn) was left RUNNING by a killed process; marked FAILED" \
         in resumed.stderr
     assert "resuming after epoch 1 of 4" in resumed.stderr
     assert (project / "models/cnn.pt").read_bytes() == (project / "ref.pt").read_bytes()
-    assert runs(project)[-1].info.status == "FINISHED"
+    assert runs_of(project)[-1].info.status == "FINISHED"
 
 
 def test_a_checkpoint_from_other_params_is_ignored_with_a_message(project):
     code, _ = interrupt(project, signal.SIGTERM, after_epoch=1)
     assert code == 130
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["cnn"]["epochs"] = 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, "train.cnn.epochs", 1)
     try:
         out = run([*TRAIN, *OUTS], project, pipeline_env())
     finally:
-        params["train"]["cnn"]["epochs"] = 4
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        set_params(project, "train.cnn.epochs", 4)
     assert "ignoring checkpoint" in out.stderr and "other params or data" in out.stderr
     assert "resuming" not in out.stderr
 
 
 def test_a_diverging_loss_stops_training_with_a_clear_message(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["mlp"].update(optimizer="sgd", lr=1e12)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run([sys.executable, "stages/train.py", "mlp", "data/processed", "m.pt", "m.json", "m.csv"], project,
-              pipeline_env(), check=False)
+    text = (project / "params.yaml").read_text()
+    set_params(project, "train.mlp.optimizer", "sgd")
+    set_params(project, "train.mlp.lr", 1e12)
+    try:
+        out = run([sys.executable, "stages/train.py", "mlp", "data/processed", "m.pt", "m.json", "m.csv"], project,
+                  pipeline_env(), check=False)
+    finally:
+        (project / "params.yaml").write_text(text)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "mlp: the loss became NaN or infinite at epoch 1, batch" in out.stderr
     assert "Try a lower train.mlp.lr" in out.stderr
-    assert runs(project)[-1].info.status == "FAILED" and not (project / "m.pt").exists()
+    assert runs_of(project)[-1].info.status == "FAILED" and not (project / "m.pt").exists()
 
 
 def test_a_typo_in_params_is_refused_before_any_work(project):
     text = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(text.replace("    lr:", "    lrr:", 1))
     try:
-        before = len(runs(project))
+        before = len(runs_of(project))
         out = run([*TRAIN, *OUTS], project, pipeline_env(), check=False)
-        checked = run([sys.executable, "-m", "mnistflow.config", "params.yaml"], project,
-                      {**pipeline_env(), "PYTHONPATH": "src"}, check=False)
+        checked = run([sys.executable, "stages/check_params.py"], project, pipeline_env(), check=False)
     finally:
         (project / "params.yaml").write_text(text)
     for proc in (out, checked):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "unknown key 'train.mlp.lrr'; did you mean 'train.mlp.lr'?" in proc.stderr
-    assert len(runs(project)) == before  # no MLflow run was even started
+    assert len(runs_of(project)) == before  # no MLflow run was even started
 
 
-def test_a_second_dvc_repro_is_refused_while_one_runs(project):
+def test_a_second_dvc_repro_is_refused_while_one_runs_of(project):
     env = pipeline_env()
     first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@cnn"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,3 +1,7 @@
+import json
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -62,7 +66,7 @@ def test_tags_record_git_state_and_the_dvc_experiment(monkeypatch, tmp_path):
 
 def test_a_moved_store_is_repointed_and_its_artifacts_stay_readable(store, tmp_path, monkeypatch):
     with tracking.tracked_run("exp", "cnn", {"lr": 0.1}, {"dataset": "mnist"}) as run:
-        tracking.mlflow.log_dict({"a": 1}, "a.json")
+        run.log_dict({"a": 1}, "a.json")
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     tmp_path.rename(moved)
     try:
@@ -71,9 +75,10 @@ def test_a_moved_store_is_repointed_and_its_artifacts_stay_readable(store, tmp_p
         assert tracking.relocate_store(db) == 2  # the experiment and the run
         assert tracking.relocate_store(db) == 0  # once is enough
         client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-        uri = client.get_run(run.info.run_id).info.artifact_uri
+        uri = client.get_run(run.run_id).info.artifact_uri
         assert uri.startswith((moved / "mlruns").as_uri())
-        assert tracking.mlflow.artifacts.load_dict(f"{uri}/a.json") == {"a": 1}
+        assert json.loads(Path(client.download_artifacts(run.run_id, "a.json", str(tmp_path.parent))).read_text()) \
+            == {"a": 1}
         assert client.get_experiment_by_name("exp").artifact_location == (moved / "mlruns" / "artifacts").as_uri()
     finally:
         moved.rename(tmp_path)
@@ -81,7 +86,6 @@ def test_a_moved_store_is_repointed_and_its_artifacts_stay_readable(store, tmp_p
 
 def test_champion_moves_only_to_a_better_version(store):
     client = store
-    tracking.use_store()
     client.create_registered_model("mnist-cnn")
     exp = tracking.experiment_id("mnist")
 
@@ -96,3 +100,15 @@ def test_champion_moves_only_to_a_better_version(store):
     assert version(0.70) == 1  # worse: stays
     assert version(0.80) == 1  # a tie is not better
     assert version(0.90) == 4
+
+
+def test_only_tracking_imports_mlflow_and_only_when_it_records():
+    src = Path(tracking.__file__).parent
+    importers = sorted(p.name for p in src.rglob("*.py") if "import mlflow" in p.read_text() or
+                       "from mlflow" in p.read_text())
+    assert importers == ["serving.py", "tracking.py"]  # serving is an MLflow flavor: MLflow loads it
+    code = "import mnistflow.tracking, sys; print('mlflow' in sys.modules)"
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(src.parent)}).stdout
+    assert out.strip() == "False"

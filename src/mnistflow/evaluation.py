@@ -16,7 +16,7 @@ from mnistflow.io import load_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.plots import confusion_matrix
 from mnistflow.splits import load_split, read_stats
-from mnistflow.training import Normalizer, predict
+from mnistflow.inference import Normalizer, predict
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     models x sets table), every metric to `detail_path`, per-class accuracy to `per_class_path`,
     a confusion CSV into `confusion_dir`; the same numbers into its MLflow run."""
     device = select_device(cfg.device)
-    set_determinism(cfg.seed, cfg.deterministic)
+    set_determinism(cfg.seed, cfg.train.deterministic)
     model = create_model(name)
     try:
         model.load_state_dict(load_torch(weights))
@@ -56,7 +56,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     model.to(device)
     norm = Normalizer(**read_stats(data_dir))
     classes = list(DATASETS[cfg.data.dataset].classes)
-    sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.variants}}
+    sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.preprocess.variants}}
     report, figures, datasets = {}, {}, {}
     for set_name, path in sets.items():
         split = load_split(path).to(device)

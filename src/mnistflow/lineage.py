@@ -39,8 +39,8 @@ def lock_entries(stage_name: str, root: Path | str = ".") -> dict[str, dict]:
     return entries
 
 
-def record() -> None:
-    """Into the active MLflow run, as one artifact: the stage's lock entries (every dep and out
+def record(run) -> None:
+    """Into `run` (a tracking.TrackedRun), as one artifact: the stage's lock entries (every dep and out
     with its md5, and the params) and where it ran. Outside DVC (a stage script run by hand)
     there is no stage to describe."""
     stage_name = os.environ.get("DVC_STAGE")
@@ -48,7 +48,7 @@ def record() -> None:
         log.info("not run by DVC: no lineage recorded")
         return
     entries = lock_entries(stage_name, Path.cwd())
-    tracking.log_lineage({"stages": entries, "environment": tracking.environment()}, LINEAGE_ARTIFACT)
+    run.log_dict({"stages": entries, "environment": tracking.environment()}, LINEAGE_ARTIFACT)
     log.info("lineage of %s recorded (%d stages)", stage_name, len(entries))
 
 
@@ -118,15 +118,10 @@ def _remote_url(root: Path) -> str | None:
 
 def _load(run_id: str) -> tuple[object, dict, dict]:
     """The run, its stages' lock entries and its environment."""
-    tracking.use_store()
-    client = tracking.mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except tracking.MlflowException as exc:
-        raise MnistflowError(f"no MLflow run {run_id!r} in {tracking.tracking_uri()}: {exc.message}") from None
+    run = tracking.get_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, LINEAGE_ARTIFACT, tmp)
+            path = tracking.download(run_id, LINEAGE_ARTIFACT, tmp)
         except Exception as exc:
             raise MnistflowError(f"run {run_id} has no readable {LINEAGE_ARTIFACT} (not made by a DVC stage, "
                                  f"or its artifacts are gone): {str(exc).splitlines()[0]}") from None
@@ -173,7 +168,7 @@ def main() -> None:
             print(describe(args.run_id))
         else:
             print(f"restored into {restore(args.run_id, args.dest)}")
-    except (OSError, tracking.MlflowException) as exc:  # one line for the user, not a traceback
+    except (OSError, *tracking.errors()) as exc:  # one line for the user, not a traceback
         raise MnistflowError(f"{args.command} {args.run_id}: {str(exc).splitlines()[0]}") from None
 
 

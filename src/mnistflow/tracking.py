@@ -1,5 +1,9 @@
-"""Everything MLflow: where the store is, one run per trained model, what it records, the
-registered models and their aliases, and one run per report the visualize stage draws."""
+"""Everything MLflow, and the one module that imports it: where the store is, one run per
+trained model (`tracked_run` yields a `TrackedRun` that records it), the registered models and
+their aliases, and one run per report the visualize stage draws.
+
+MLflow is imported on first use (`_mlflow`), not with this module: a stage that records
+nothing pays nothing, and telemetry is switched off before MLflow's import reads it."""
 from __future__ import annotations
 
 import fcntl
@@ -11,21 +15,17 @@ import os
 import socket
 import sqlite3
 import subprocess
+import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
+from typing import Any, Iterator
+
+import torch
 
 from mnistflow.io import repo_root
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
-
-import mlflow  # noqa: E402, I001
-import torch  # noqa: E402
-from mlflow.entities import DatasetInput, InputTag, RunStatus  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from mnistflow import serving  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,22 @@ def run_url(exp_id: str, run_id: str) -> str:
     return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?{TRAINING_LAYOUT}"
 
 
+@functools.cache
+def _mlflow() -> ModuleType:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read by MLflow's import; no network here
+    import mlflow
+    import mlflow.data  # noqa: F401  (submodules the functions below use)
+    import mlflow.models  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    return mlflow
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What to catch around MLflow calls: its own exception, not a broad Exception."""
+    from mlflow.exceptions import MlflowException
+    return (MlflowException,)
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
 
@@ -61,18 +77,19 @@ def _sqlite_path() -> Path | None:
     return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
 
 
-def use_store() -> None:
-    db = _sqlite_path()
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        _relocate_once(db)
-    mlflow.set_tracking_uri(tracking_uri())
+def client():
+    """The MlflowClient of the store `tracking_uri` names (repointed first if it moved)."""
+    return _connect(tracking_uri())
 
 
 @functools.cache
-def _relocate_once(db: Path) -> int:
-    """A stage opens the store many times; looking for a move once is enough."""
-    return relocate_store(db)
+def _connect(uri: str):
+    """Once per store and process: look for a move, then keep one client."""
+    db = _sqlite_path()
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        relocate_store(db)
+    return _mlflow().MlflowClient(uri)
 
 
 def relocate_store(db: Path) -> int:
@@ -111,22 +128,21 @@ def experiment_id(name: str, view_sets: list[str] = ()) -> str:
     with the headline metrics (accuracy on `view_sets`) and the params that tell runs apart,
     and its artifacts in an absolute folder under mlruns/ (a relative one would resolve
     inside DVC's temporary experiment copy and be lost)."""
-    use_store()
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(name)
+    store = client()
+    exp = store.get_experiment_by_name(name)
     if exp is None:
         db = _sqlite_path()
         location = (db.parent / "artifacts").as_uri() if db else None  # a server decides for itself
         try:
-            exp_id = client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by a parallel stage
-            exp_id = client.get_experiment_by_name(name).experiment_id
-        exp = client.get_experiment(exp_id)
+            exp_id = store.create_experiment(name, artifact_location=location)
+        except errors():  # created meanwhile by a parallel stage
+            exp_id = store.get_experiment_by_name(name).experiment_id
+        exp = store.get_experiment(exp_id)
     tags = {"mlflow.experimentKind": "custom_model_development",
             f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(_runs_view(view_sets))}
     for key, value in tags.items():
         if view_sets and exp.tags.get(key) != value:
-            client.set_experiment_tag(exp.experiment_id, key, value)
+            store.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -166,7 +182,7 @@ def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
 
 def environment() -> dict[str, str]:
     """What else describes where a run ran: recorded in its lineage.json, not as tags."""
-    env = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
+    env = {"torch_version": torch.__version__, "mlflow_version": _mlflow().__version__,
            "dvc_root": str(repo_root()), "host": socket.gethostname()}
     for var in ("DVC_STAGE", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(var):
@@ -174,51 +190,101 @@ def environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class TrackedRun:
+    """One model's training run: what it records, by run id through one client."""
+
+    client: Any
+    run_id: str
+
+    def log_epoch(self, result) -> None:
+        metrics = {"train_loss": result.train_loss, "train_acc": result.train_acc, "val_loss": result.val_loss,
+                   "val_acc": result.val_acc, "lr": result.lr, "epoch_seconds": result.seconds,
+                   "images_per_second": result.images_per_second}
+        self.log_metrics(metrics, step=result.epoch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, model_id: str | None = None,
+                    dataset=None) -> None:
+        """`model_id` and `dataset` link the values to a logged model and a dataset (evaluation)."""
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        names = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=model_id, **names)
+                                                    for k, v in metrics.items()])
+
+    def log_figure(self, fig, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def log_inputs(self, datasets: list, context: str) -> None:
+        """Datasets (see `dataset`) as the run's inputs: training, validation or evaluation."""
+        from mlflow.entities import DatasetInput, InputTag
+        self.client.log_inputs(self.run_id, [
+            DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]) for d in datasets])
+
+    def log_params_file(self, path: Path) -> None:
+        """params.yaml as the stage read it: where each logged param sits in it (train.<model>.lr)."""
+        self.client.log_artifact(self.run_id, str(path))
+
+    def log_dict(self, obj: dict, artifact: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact)
+
+    def log_model(self, model: torch.nn.Module, weights_path: Path, name: str, **served) -> None:
+        """Log and register the served model (see log_model_args), point `candidate` at the new
+        version, and tag the run with the md5 of the weights file: how later stages find it."""
+        _mlflow().set_tracking_uri(self.client.tracking_uri)  # Model.log writes through MLflow's default client
+        info = _mlflow().models.Model.log(artifact_path=None, name=name, registered_model_name=name,
+                                          run_id=self.run_id, **log_model_args(model.cpu().eval(), **served))
+        self.client.set_registered_model_alias(name, CANDIDATE, info.registered_model_version)
+        self.client.set_tag(self.run_id, "model_md5", file_md5(weights_path))
+        log.info("model %s version %s logged in run %s", name, info.registered_model_version, self.run_id)
+
+
 @contextmanager
 def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
-                run_id: str | None = None, view_sets: list[str] = ()) -> Iterator[mlflow.ActiveRun]:
+                run_id: str | None = None, view_sets: list[str] = ()) -> Iterator[TrackedRun]:
     """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt.
     `run_id` continues that run (a training resumed after a kill) when the store has it.
     Runs that a `kill -9` left RUNNING are marked FAILED first."""
+    from mlflow.entities import Param, RunStatus
+
     exp_id = experiment_id(experiment, view_sets)
     fail_dead_runs(exp_id)
-    client = mlflow.MlflowClient()
-    if run_id and _run_exists(client, run_id):
-        run = mlflow.start_run(run_id=run_id)
+    store = client()
+    if run_id and _run_exists(store, run_id):
+        store.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         log.info("MLflow run %s (%s) resumed in %s", run_id, run_name, tracking_uri())
     else:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking_uri())
-    mlflow.set_tag(PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
+        run_id = store.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        log.info("MLflow run %s (%s) in %s", run_id, run_name, tracking_uri())
+    store.set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
     try:
-        mlflow.log_params(params)
-        yield run
+        store.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])  # a resumed run: the same
+        yield TrackedRun(store, run_id)
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        store.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        store.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    store.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _run_exists(client, run_id: str) -> bool:
+def _run_exists(store, run_id: str) -> bool:
     try:
-        client.get_run(run_id)
+        store.get_run(run_id)
         return True
-    except MlflowException:
+    except errors():
         return False
 
 
 def fail_dead_runs(exp_id: str) -> None:
     """Mark FAILED the RUNNING runs whose process on this host is gone (killed with -9);
     runs of live processes (parallel `dvc queue` workers) are left alone."""
-    client = mlflow.MlflowClient()
     host = socket.gethostname()
-    for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'"):
+    for run in client().search_runs([exp_id], "attributes.status = 'RUNNING'"):
         run_host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
         if run_host == host and pid.isdigit() and not _alive(int(pid)):
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            client().set_terminated(run.info.run_id, "FAILED")
             log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked FAILED",
                         run.info.run_id, run.info.run_name)
 
@@ -233,34 +299,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def log_epoch(result) -> None:
-    mlflow.log_metrics({
-        "train_loss": result.train_loss, "train_acc": result.train_acc,
-        "val_loss": result.val_loss, "val_acc": result.val_acc, "lr": result.lr,
-        "epoch_seconds": result.seconds, "images_per_second": result.images_per_second,
-    }, step=result.epoch)
-
-
-def log_metric(key: str, value: float) -> None:
-    mlflow.log_metric(key, value)
-
-
-def log_figure(fig, name: str) -> None:
-    mlflow.log_figure(fig, name)
-
-
 def dataset(name: str, path: Path, images: torch.Tensor, labels: torch.Tensor):
     """A split as an MLflow dataset: its shape and size, its file, and DVC's md5 of that file
     as the digest (so runs on the same bytes show the same digest)."""
     with warnings.catch_warnings():  # MLflow registers its local-file source class twice, and says so
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-        return mlflow.data.from_numpy(images.cpu().numpy(), targets=labels.cpu().numpy(), name=name,
+        return _mlflow().data.from_numpy(images.cpu().numpy(), targets=labels.cpu().numpy(), name=name,
                                       source=str(path), digest=file_md5(path)[:8])
-
-
-def log_inputs(run_id: str, datasets: list, context: str) -> None:
-    mlflow.MlflowClient().log_inputs(run_id, [
-        DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]) for d in datasets])
 
 
 def model_name(dataset_name: str, model: str) -> str:
@@ -275,32 +320,21 @@ def log_model_args(model: torch.nn.Module, mean: float, std: float, classes: lis
     example = example.cpu().numpy()  # a batch of 2: torch.export fixes a size-1 batch dimension
     # Naming the requirements skips MLflow's inference of them, a fresh Python process that
     # imports torch again (seconds per model) and picks up unrelated imports such as tqdm.
+    from mnistflow import serving
     return {"flavor": serving, "pytorch_model": serving.RawPixelClassifier(model, mean, std).eval(),
             "classes": classes, "input_example": example, "signature": serving.signature(example.shape),
-            "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
+            "pip_requirements": _mlflow().pytorch.get_default_pip_requirements(),
             "metadata": {"classes": classes, "mean": mean, "std": std,
                          "input": f"uint8 pixels 0-255, shape (N, {', '.join(map(str, example.shape[1:]))})"}}
-
-
-def log_model(model: torch.nn.Module, weights_path: Path, name: str, **served) -> None:
-    """Log and register the served model (see log_model_args), point `candidate` at the new
-    version, and tag the run with the md5 of the weights file: how later stages find it."""
-    run = mlflow.active_run()
-    info = mlflow.models.Model.log(artifact_path=None, name=name, registered_model_name=name,
-                                   **log_model_args(model.cpu().eval(), **served))
-    mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE, info.registered_model_version)
-    mlflow.set_tag("model_md5", file_md5(weights_path))
-    log.info("model %s version %s logged in run %s", name, info.registered_model_version, run.info.run_id)
 
 
 def find_training_run(experiment: str, model: str, model_md5: str):
     """The latest run that produced these exact weights, found by the md5 tag, so no MLflow
     id ever needs to be written into DVC-tracked outputs. None when the store lacks it."""
-    use_store()
-    exp = mlflow.get_experiment_by_name(experiment)
+    exp = client().get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = mlflow.search_runs([exp.experiment_id], output_format="list", max_results=1,
+    runs = client().search_runs([exp.experiment_id], max_results=1,
                               filter_string=f"tags.model_md5 = '{model_md5}' and attributes.run_name = '{model}'",
                               order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
@@ -314,10 +348,9 @@ def run_for_model(experiment: str, model: str, model_md5: str) -> str:
         return run.info.run_id
     log.warning("no MLflow run holds %s with model_md5 %s; logging to a new evaluation-only run",
                 model, model_md5)
-    client = mlflow.MlflowClient()
-    new = client.create_run(experiment_id(experiment), run_name=model,
-                            tags={"model_md5": model_md5, "evaluation_only": "true", **git_state()})
-    client.set_terminated(new.info.run_id)
+    new = client().create_run(experiment_id(experiment), run_name=model,
+                              tags={"model_md5": model_md5, "evaluation_only": "true", **git_state()})
+    client().set_terminated(new.info.run_id)
     return new.info.run_id
 
 
@@ -327,39 +360,37 @@ def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict[st
     set's dataset and to the logged model (so the Models tab compares by them), figures and
     per-class accuracy; then move `champion` to this version when it is the best so far."""
     experiment_id(experiment, list(metrics))  # the saved view's columns follow the sets evaluated
-    run_id = run_for_model(experiment, model, model_md5)
-    client = mlflow.MlflowClient()
-    outputs = client.get_run(run_id).outputs
+    run = TrackedRun(client(), run_for_model(experiment, model, model_md5))
+    outputs = run.client.get_run(run.run_id).outputs
     model_id = outputs.model_outputs[0].model_id if outputs and outputs.model_outputs else None
-    log_inputs(run_id, list(datasets.values()), "evaluation")
+    run.log_inputs(list(datasets.values()), "evaluation")
     for set_name, values in metrics.items():
-        mlflow.log_metrics({f"{set_name}_{k}": float(v) for k, v in values.items()}, step=0,
-                           run_id=run_id, model_id=model_id, dataset=datasets[set_name])
+        run.log_metrics({f"{set_name}_{k}": v for k, v in values.items()}, model_id=model_id, dataset=datasets[set_name])
     for name, fig in figures.items():
-        client.log_figure(run_id, fig, name)
-    client.log_dict(run_id, per_class, "per_class_acc.json")
+        run.log_figure(fig, name)
+    run.log_dict(per_class, "per_class_acc.json")
     if model_id is not None:
-        promote(model_name(experiment, model), run_id, metrics["test"]["acc"])
-    return run_id
+        promote(model_name(experiment, model), run.run_id, metrics["test"]["acc"])
+    return run.run_id
 
 
 def promote(name: str, run_id: str, test_acc: float) -> None:
     """Point `champion` at the version of `run_id` when its test accuracy beats the champion's."""
-    client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    store = client()
+    versions = store.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:
         return
     version = max(versions, key=lambda v: int(v.version))
     with _registry_lock():  # parallel `dvc queue` workers must not both win
         try:
-            champion = client.get_model_version_by_alias(name, CHAMPION)
-            best = client.get_run(champion.run_id).data.metrics.get("test_acc", float("-inf"))
-        except MlflowException:
+            champion = store.get_model_version_by_alias(name, CHAMPION)
+            best = store.get_run(champion.run_id).data.metrics.get("test_acc", float("-inf"))
+        except errors():
             champion, best = None, float("-inf")
         if champion is not None and champion.version == version.version:
             return
         if test_acc > best:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
+            store.set_registered_model_alias(name, CHAMPION, version.version)
             log.info("%s version %s (test_acc %.4f) is the new %s", name, version.version, test_acc, CHAMPION)
         else:
             log.info("%s stays at version %s (test_acc %.4f >= %.4f)", CHAMPION, champion.version, best, test_acc)
@@ -376,14 +407,6 @@ def _registry_lock() -> Iterator[None]:
         yield
 
 
-def run_summary(run) -> dict:
-    """What the report page shows of a training run."""
-    metrics = run.data.metrics
-    return {"run_id": run.info.run_id, "url": run_url(run.info.experiment_id, run.info.run_id),
-            "train_seconds": metrics.get("train_seconds"), "git_commit": run.data.tags.get("git_commit"),
-            "dvc_exp_name": run.data.tags.get("dvc_exp_name")}
-
-
 def reports_experiment(dataset_name: str) -> str:
     """Where report runs go: beside the models' experiment, not in it, so its runs table
     compares models only."""
@@ -393,36 +416,38 @@ def reports_experiment(dataset_name: str) -> str:
 def log_report(dataset_name: str, files: list[Path], tags: dict) -> str:
     """A run of its own for one drawing of the report (figures that span models and the page),
     so no finished run of a model is ever changed by a later pipeline run."""
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id(reports_experiment(dataset_name)), run_name="report", tags=tags)
+    store = client()
+    run = store.create_run(experiment_id(reports_experiment(dataset_name)), run_name="report", tags=tags)
     try:
         for path in files:
-            client.log_artifact(run.info.run_id, str(path), "figures" if path.suffix == ".png" else None)
+            store.log_artifact(run.info.run_id, str(path), "figures" if path.suffix == ".png" else None)
     except BaseException:
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        store.set_terminated(run.info.run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id)
+    store.set_terminated(run.info.run_id)
     return run.info.run_id
 
 
-def log_lineage(lineage: dict, artifact: str) -> None:
-    mlflow.log_dict(lineage, artifact)
+def get_run(run_id: str):
+    """A run by id; MnistflowError, one line, when the store lacks it."""
+    from mnistflow.errors import MnistflowError
+    try:
+        return client().get_run(run_id)
+    except errors() as exc:
+        raise MnistflowError(f"no MLflow run {run_id!r} in {tracking_uri()}: {exc.message}") from None
 
 
-def log_params_file(path: Path) -> None:
-    """params.yaml as the stage read it: where each logged param sits in it (train.<model>.lr)."""
-    mlflow.log_artifact(str(path))
+def download(run_id: str, artifact: str, dest: str) -> str:
+    return client().download_artifacts(run_id, artifact, dest)
 
 
 def main() -> None:
     """`python -m mnistflow.tracking [DATASET]`: repair a moved store, print where to look."""
     import sys
 
-    use_store()
-    client = mlflow.MlflowClient()
-    names = sys.argv[1:] or [e.name for e in client.search_experiments() if e.name != "Default"]
+    names = sys.argv[1:] or [e.name for e in client().search_experiments() if e.name != "Default"]
     for name in names:
-        exp = client.get_experiment_by_name(name)
+        exp = client().get_experiment_by_name(name)
         if exp is not None:
             print(f"{name}: {experiment_url(exp.experiment_id)}")
 

@@ -20,6 +20,7 @@ from mnistflow.config import Config, ModelConfig
 from mnistflow.datasets import DATASETS
 from mnistflow.device import autocast, select_device, set_determinism
 from mnistflow.errors import MnistflowError
+from mnistflow.inference import Normalizer, predict
 from mnistflow.io import load_torch, save_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.optim import build_optimizer, build_scheduler, step_scheduler
@@ -27,22 +28,10 @@ from mnistflow.plots import loss_curve
 from mnistflow.splits import Split, load_split, random_shift, read_stats
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 1000
 
 
 class TrainingDiverged(MnistflowError):
     """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """uint8 pixels -> standardized float, applied per batch on the device."""
-
-    mean: float
-    std: float
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - self.mean) / self.std
 
 
 @dataclass(frozen=True)
@@ -59,20 +48,6 @@ class EpochResult:
     def row(self) -> dict:
         """The reproducible part, for reports/train/<model>.csv; timings go to MLflow only."""
         return {k: v for k, v in asdict(self).items() if k not in ("seconds", "images_per_second")}
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[torch.Tensor, float]:
-    """Predicted classes of a split (on its device) and the mean cross-entropy, in batches."""
-    model.eval()
-    device = split.images.device
-    preds, loss_sum = [], 0.0
-    for start in range(0, len(split), EVAL_BATCH):
-        with autocast(device, amp):
-            logits = model(norm(split.images[start:start + EVAL_BATCH]))
-        loss_sum += F.cross_entropy(logits.float(), split.labels[start:start + EVAL_BATCH], reduction="sum").item()
-        preds.append(logits.argmax(1))
-    return torch.cat(preds), loss_sum / len(split)
 
 
 def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[float, float]:
@@ -148,14 +123,15 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
             seconds=round(seconds, 3),
             images_per_second=round(len(train) / seconds, 1),
         )
-        log.info("%s epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f "
-                 "lr %.3g %.1fs (%.0f img/s)", name, epoch, cfg.epochs, result.train_loss, result.train_acc,
-                 result.val_loss, result.val_acc, lr, seconds, result.images_per_second)
         history.append(result)
         save_state({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "history": [asdict(r) for r in history]})
         on_epoch(result)
+        # Last: once this line is out, the epoch is saved and logged (the fault tests wait on it).
+        log.info("%s epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f "
+                 "lr %.3g %.1fs (%.0f img/s)", name, epoch, cfg.epochs, result.train_loss, result.train_acc,
+                 result.val_loss, result.val_acc, lr, seconds, result.images_per_second)
     return history
 
 
@@ -170,41 +146,40 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
                 metrics_path: Path, history_path: Path, checkpoint_dir: Path = Path("checkpoints")) -> list[EpochResult]:
     """The train stage for one model: fit, write its outputs, record it all in MLflow."""
     device = select_device(cfg.device)
-    set_determinism(cfg.seed, cfg.deterministic)
+    set_determinism(cfg.seed, cfg.train.deterministic)
     data_dir = Path(data_dir)
     train = load_split(data_dir / "train.pt").to(device)
     val = load_split(data_dir / "val.pt").to(device)
     norm = Normalizer(**read_stats(data_dir))
     model = create_model(name).to(device)
     model_cfg = cfg.model(name)
-    amp = cfg.amp and device.type == "cuda"
+    amp = cfg.train.amp and device.type == "cuda"
     params = cfg.run_params(name)
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
-    resume = checkpoint.load() if cfg.resume else None
+    resume = checkpoint.load() if cfg.train.resume else None
     dataset = cfg.data.dataset
     with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
-                              run_id=resume and resume["run_id"], view_sets=["test", *cfg.variants]) as run:
-        run_id = run.info.run_id
+                              run_id=resume and resume["run_id"], view_sets=["test", *cfg.preprocess.variants]) as run:
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
-            tracking.log_inputs(run_id, [tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
-                                                          split.images, split.labels)], context)
-        if resume and resume["run_id"] != run_id:  # the old run is gone: give the new one the history
+            run.log_inputs([tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
+                                             split.images, split.labels)], context)
+        if resume and resume["run_id"] != run.run_id:  # the old run is gone: give the new one the history
             for row in resume["history"]:
-                tracking.log_epoch(EpochResult(**row))
+                run.log_epoch(EpochResult(**row))
         history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
-                      on_epoch=tracking.log_epoch, resume=resume,
-                      save_state=lambda state: checkpoint.save({**state, "run_id": run_id}))
+                      on_epoch=run.log_epoch, resume=resume,
+                      save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}))
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         last = history[-1]
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
         write_csv(history_path, [r.row() for r in history])
-        tracking.log_metric("train_seconds", round(sum(r.seconds for r in history), 3))
-        tracking.log_figure(loss_curve(history, f"{name} on {dataset}"), "loss_curve.png")
-        tracking.log_params_file(Path("params.yaml"))
+        run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3)})
+        run.log_figure(loss_curve(history, f"{name} on {dataset}"), "loss_curve.png")
+        run.log_params_file(Path("params.yaml"))
         # Two real held-out images as the served model's input example (train must not read test).
-        tracking.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
-                           classes=list(DATASETS[dataset].classes), example=val.images[:2])
-        lineage.record()
+        run.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
+                      classes=list(DATASETS[dataset].classes), example=val.images[:2])
+        lineage.record(run)
     checkpoint.remove()
     return history
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from mnistflow.datasets import DATASETS
 from mnistflow.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
 from mnistflow.splits import load_split, read_stats
-from mnistflow.training import Normalizer
+from mnistflow.inference import Normalizer
 
 log = logging.getLogger(__name__)
 SHOWN = 16  # images in the samples and predictions grids
@@ -70,16 +71,16 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     classes = list(DATASETS[cfg.data.dataset].classes)
     norm = Normalizer(**read_stats(data_dir))
     train, test = load_split(data_dir / "train.pt"), load_split(data_dir / "test.pt")
-    evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.models}
-    per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.models}
+    evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.train.models}
+    per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.train.models}
     shared = {
-        "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.models}),
-        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.models}),
+        "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.train.models}),
+        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.train.models}),
         "samples.png": plots.image_grid(list(train.images[:SHOWN, 0]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
     }
     per_model, facts = {}, {}
-    for name in cfg.models:
+    for name in cfg.train.models:
         model = create_model(name)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
         model.eval()
@@ -94,21 +95,24 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         if isinstance(first_layer(model), nn.Conv2d):
             figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
         per_model[name] = figs
-        run = tracking.find_training_run(cfg.data.dataset, name, tracking.file_md5(models_dir / f"{name}.pt"))
         facts[name] = {
             "params": sum(p.numel() for p in model.parameters()),
             "val_acc": json.loads((train_dir / f"{name}.json").read_text())["val_acc"],
-            **(tracking.run_summary(run) if run else {}),
+            "model_md5": tracking.file_md5(models_dir / f"{name}.pt"),
         }
     files = [*shared, *(f for figs in per_model.values() for f in figs)]
     for name, fig in [*shared.items(), *(kv for figs in per_model.values() for kv in figs.items())]:
-        write_figure(figures_dir / name, fig, cfg.dpi)
-    experiment = tracking.experiment_id(cfg.data.dataset)
-    page = index_html(cfg, evals, per_class, facts, per_model, tracking.experiment_url(experiment),
+        write_figure(figures_dir / name, fig, cfg.visualize.dpi)
+    # Only what the inputs fix goes on the page (no run ids, times or commits): it is a DVC
+    # output like any other, byte-identical when reproduced. Runs are found by the weights' md5.
+    experiment_url = tracking.experiment_url(tracking.experiment_id(cfg.data.dataset))
+    for fact in facts.values():
+        fact["url"] = experiment_url + "&searchFilter=" + quote(f"tags.model_md5 = '{fact['model_md5']}'")
+    page = index_html(cfg, evals, per_class, facts, per_model, experiment_url,
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
     run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],
-                                 {**tracking.git_state(), "models": ",".join(cfg.models)})
+                                 {**tracking.git_state(), "models": ",".join(cfg.train.models)})
     log.info("report: %s (MLflow run %s)", index_path, run_id)
 
 
@@ -130,12 +134,12 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
     img = lambda f: f'<img src="{e(str(fig_dir))}/{e(f)}" alt="{e(f)}">'  # noqa: E731
     acc_rows = "".join(
         f"<tr><th>{e(m)}</th>" + "".join(f"<td>{evals[m][s]['acc']:.4f}</td>" for s in sets)
-        + f"<td>{evals[m]['test']['macro_f1']:.4f}</td></tr>" for m in cfg.models)
+        + f"<td>{evals[m]['test']['macro_f1']:.4f}</td></tr>" for m in cfg.train.models)
     sections = "".join(_model_section(cfg, m, evals[m], facts[m], [img(f) for f in per_model[m]])
-                       for m in cfg.models)
+                       for m in cfg.train.models)
     pc = lambda v: "&ndash;" if v is None else f"{v:.3f}"  # noqa: E731  (None: no samples of that class)
     class_rows = "".join(
-        f"<tr><th>{e(c)}</th>" + "".join(f"<td>{pc(per_class[m][c])}</td>" for m in cfg.models)
+        f"<tr><th>{e(c)}</th>" + "".join(f"<td>{pc(per_class[m][c])}</td>" for m in cfg.train.models)
         + "</tr>" for c in classes)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mnistflow report: {e(cfg.data.dataset)}</title>
@@ -158,7 +162,7 @@ img {{ border: 1px solid #eee; }}
 {sections}
 <section><h2>All models</h2><div class="figs">{img("loss_curves.png")}{img("samples.png")}</div>
 <h3>Per-class accuracy on the test set</h3>
-<table id="per-class"><tr><th>class</th>{"".join(f"<th>{e(m)}</th>" for m in cfg.models)}</tr>{class_rows}</table>
+<table id="per-class"><tr><th>class</th>{"".join(f"<th>{e(m)}</th>" for m in cfg.train.models)}</tr>{class_rows}</table>
 </section>
 </body></html>
 """
@@ -168,20 +172,15 @@ def _model_section(cfg: Config, name: str, evals: dict, facts: dict, images: lis
     e = html.escape
     mc = cfg.model(name)
     sched = ", ".join([mc.scheduler.name, *(f"{k} {v}" for k, v in mc.scheduler.settings.items())])
-    seconds = facts.get("train_seconds")
-    run = (f'<a href="{e(facts["url"])}">{e(facts["run_id"][:8])}</a>' if facts.get("url")
-           else "not in this MLflow store")
     rows = {
         "parameters": f"{facts['params']:,}",
         "optimizer": f"{mc.optimizer}, lr {mc.lr:g}, momentum {mc.momentum:g}, weight decay {mc.weight_decay:g}",
         "schedule": sched,
         "epochs, batch, shift": f"{mc.epochs}, {mc.batch_size}, {mc.shift}",
-        "training time": "&ndash;" if seconds is None else f"{seconds:.1f} s",
         "val acc": f"{facts['val_acc']:.4f}",
         "test acc": f"{evals['test']['acc']:.4f}",
-        "git commit": e(facts["git_commit"][:10]) if facts.get("git_commit") else "&ndash;",
-        "DVC experiment": e(facts["dvc_exp_name"]) if facts.get("dvc_exp_name") else "&ndash;",
-        "MLflow run": run,
+        "weights (md5)": f"<code>{facts['model_md5']}</code>",
+        "MLflow run": f'<a href="{e(facts["url"])}">the runs that made these weights</a>',
     }
     table = "".join(f'<tr><th>{k}</th><td style="text-align:left">{v}</td></tr>' for k, v in rows.items())
     return (f'<section id="model-{e(name)}"><h2>{e(name)}</h2><div class="figs"><table class="facts">{table}</table>'

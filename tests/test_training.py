@@ -1,0 +1,52 @@
+"""The training loop in-process: a run stopped after epoch 2 and resumed from its saved state
+ends byte-identical to one that ran all 4 epochs."""
+import io
+
+import pytest
+import torch
+
+from mnistflow.config import ModelConfig
+from mnistflow.inference import Normalizer
+from mnistflow.models import create_model
+from mnistflow.splits import Split
+from mnistflow.training import fit
+
+# sgd with momentum, a cosine schedule and shift augmentation: every piece of state a resume must restore
+CFG = ModelConfig.model_validate({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                  "scheduler": {"name": "cosine"}, "epochs": 4, "batch_size": 16, "shift": 1})
+NORM = Normalizer(mean=0.5, std=0.25)
+
+
+def split(n: int, seed: int) -> Split:
+    gen = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen),
+                 torch.randint(0, 10, (n,), generator=gen))
+
+
+def train(resume=None, kill_after=None, states=None):
+    torch.manual_seed(0)
+    model = create_model("cnn")
+
+    def save_state(state):  # through bytes, as the checkpoint file is: no live references
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        if states is not None:
+            states.append(buf.getvalue())
+        if state["epoch"] == kill_after:
+            raise KeyboardInterrupt("killed")  # as SIGTERM is, once the checkpoint is written
+
+    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, resume=resume, save_state=save_state)
+    return model, history
+
+
+def test_fit_for_4_epochs_equals_fit_for_2_then_resume_for_2():
+    full, full_history = train()
+    states = []
+    with pytest.raises(KeyboardInterrupt):
+        train(kill_after=2, states=states)
+    state = torch.load(io.BytesIO(states[-1]), weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    resumed, history = train(resume=state)
+    assert [r.row() for r in history] == [r.row() for r in full_history]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
