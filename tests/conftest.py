@@ -94,10 +94,10 @@ def set_params(project: Path, key: str, value) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def runs_of(project: Path, experiment: str = "mnist") -> list:
-    """The runs of one experiment in the project's MLflow store, oldest first."""
+def runs_of(project: Path, experiment: str = "mnist", db: Path | None = None) -> list:
+    """The runs of one experiment in the project's MLflow store (or the sqlite file `db`), oldest first."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db or project / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []

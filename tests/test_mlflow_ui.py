@@ -159,15 +159,15 @@ def test_the_report_page_links_each_model_to_the_run_that_made_its_weights(proje
     page_html = (project / "reports/index.html").read_text()
     links = dict(re.findall(r'<section id="model-(\w+)">.*?<a href="([^"]+searchFilter=[^"]+)"', page_html, re.S))
     assert sorted(links) == sorted(MODELS)
-    page = browser.new_page(viewport={"width": 2400, "height": 560})
     for model, link in links.items():
+        page = browser.new_page(viewport={"width": 2400, "height": 560})  # a new page: a link from outside the UI
         page.goto(html.unescape(link).replace(ui_url(), base))  # the page names `make ui`'s default address
         page.wait_for_selector("text=1 matching run", timeout=60_000)
         page.wait_for_selector("[role=gridcell]", timeout=60_000)
         names = page.evaluate("""() => [...document.querySelectorAll('[role=gridcell][col-id="attributes.`Run Name`"]')]
             .map(c => c.innerText.trim().split('\\n').pop())""")  # a colour swatch, then the name
         assert names == [model], (model, names)
-    page.close()
+        page.close()
 
 
 def test_dvc_plots_show_draws_offline_one_colour_per_model(project, browser, screenshots):

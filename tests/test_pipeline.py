@@ -265,7 +265,7 @@ def test_evaluation_without_the_training_run_logs_to_a_new_run(project, tmp_path
     out = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@lenet"], project, env)
     assert "no MLflow run holds lenet" in out.stdout + out.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{other}")
-    (r,) = runs_of(project)
+    (r,) = runs_of(project, db=other)
     assert r.data.tags["evaluation_only"] == "true" and "test_acc" in r.data.metrics
     assert "confusion_test.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
     assert (tmp_path / "other" / "artifacts").is_dir()  # artifacts beside that store, not in the project

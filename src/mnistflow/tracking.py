@@ -231,9 +231,13 @@ class TrackedRun:
     def log_model(self, model: torch.nn.Module, weights_path: Path, name: str, **served) -> None:
         """Log and register the served model (see log_model_args), point `candidate` at the new
         version, and tag the run with the md5 of the weights file: how later stages find it."""
-        _mlflow().set_tracking_uri(self.client.tracking_uri)  # Model.log writes through MLflow's default client
-        info = _mlflow().models.Model.log(artifact_path=None, name=name, registered_model_name=name,
-                                          run_id=self.run_id, **log_model_args(model.cpu().eval(), **served))
+        # Model.log writes through MLflow's default client, into its current experiment: point both
+        # at this run's (given only run_id, it would file the model under experiment 0).
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        info = mlflow.models.Model.log(artifact_path=None, name=name, registered_model_name=name,
+                                       run_id=self.run_id, **log_model_args(model.cpu().eval(), **served))
         self.client.set_registered_model_alias(name, CANDIDATE, info.registered_model_version)
         self.client.set_tag(self.run_id, "model_md5", file_md5(weights_path))
         log.info("model %s version %s logged in run %s", name, info.registered_model_version, self.run_id)
@@ -254,7 +258,9 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
         store.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         log.info("MLflow run %s (%s) resumed in %s", run_id, run_name, tracking_uri())
     else:
-        run_id = store.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        # MLflow's context tags (user, source script, git commit), as its own start_run adds them
+        from mlflow.tracking.context.registry import resolve_tags
+        run_id = store.create_run(exp_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id
         log.info("MLflow run %s (%s) in %s", run_id, run_name, tracking_uri())
     store.set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
     try:
