@@ -1,16 +1,23 @@
-"""DVC stage check_params [STAMP]: validate params.yaml before any other stage; write STAMP when valid."""
+"""DVC stage check_params [STAMP]: validate params.yaml before any other stage (keys, values, and
+that each model takes the dataset's images); write STAMP, always the same bytes, when valid."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
 
-from mnistflow.config import check_params  # noqa: E402
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.datasets import DATASETS  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.models import model_names  # noqa: E402
+from mnistflow.io import write_bytes  # noqa: E402
+from mnistflow.models import check_input, model_names  # noqa: E402
 
 
 def main() -> None:
-    check_params("params.yaml", sys.argv[1] if sys.argv[1:] else None, model_names())
+    cfg = load_config("params.yaml", model_names())
+    for name in cfg.train.models:
+        check_input(name, cfg.data.dataset, DATASETS[cfg.data.dataset].shape)
+    if sys.argv[1:]:
+        write_bytes(sys.argv[1], b"params.yaml is valid\n")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,89 @@
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from conftest import ROOT
 from mnistflow.errors import ConfigError
-from mnistflow.models import create_model, model_names, register
+from mnistflow.models import check_input, create_model, model_names, register
+from mnistflow.models.dynamic import MAX_REPEATS
+from mnistflow.models.two_layer import MyReLU
 
+MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 EXPECTED_PARAMS = {
     "mlp": 784 * 500 + 500 + 500 * 10 + 10,
     "cnn": (20 * 9 + 20) + (40 * 20 * 9 + 40) + (1000 * 240 + 240) + (240 * 120 + 120)
     + (120 * 84 + 84) + (84 * 10 + 10),
     "lenet": (6 * 9 + 6) + (16 * 6 * 9 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10),
+    "two_layer": 784 * 100 + 100 + 100 * 10 + 10,
+    "dynamic": 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10,
+    "seq_cnn": (64 * 3 * 25 + 64) + (30 * 64 * 25 + 30) + (750 * 10 + 10),
 }
+SHAPE = {"seq_cnn": CIFAR}
 
 
 def test_registry_names_the_tutorial_models():
-    assert model_names() == ["cnn", "lenet", "mlp"]
+    assert model_names() == ["cnn", "dynamic", "lenet", "mlp", "seq_cnn", "two_layer"]
 
 
 @pytest.mark.parametrize("name", model_names())
 def test_every_model_maps_a_batch_to_ten_logits(name):
-    model = create_model(name)
-    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    shape = SHAPE.get(name, MNIST)
+    model = create_model(name, shape)
+    assert model(torch.zeros(3, *shape)).shape == (3, 10)
     assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name]
+
+
+def test_models_that_flatten_take_any_shape_and_the_others_theirs_only():
+    assert create_model("mlp", CIFAR)(torch.zeros(2, *CIFAR)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model 'lenet' takes 1x28x28 images .* dataset 'cifar10' has 3x32x32"):
+        check_input("lenet", "cifar10", CIFAR)
+    with pytest.raises(ConfigError, match=r"model 'seq_cnn' takes 3x32x32 .* 'fashion_mnist' has 1x28x28"):
+        check_input("seq_cnn", "fashion_mnist", MNIST)
+
+
+def test_check_params_refuses_a_model_the_dataset_cannot_feed(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["models"] = ["mlp", "seq_cnn"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stamp = tmp_path / "params.ok"
+    out = subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), str(stamp)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model 'seq_cnn' takes 3x32x32 images" in out.stderr and "'fashion_mnist' has 1x28x28" in out.stderr
+    assert not stamp.exists()
+
+
+def test_my_relu_backward_is_the_gradient_of_its_forward():
+    x = torch.randn(64, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(MyReLU.apply, (x,))
+
+
+def test_dynamic_draws_its_depth_from_the_run_seed_and_is_fixed_in_evaluation():
+    def trained(seed):
+        torch.manual_seed(seed)
+        model = create_model("dynamic")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        depths = []
+        for step in range(12):
+            depths.append(model.depth())
+            x, y = torch.rand(8, *MNIST), torch.randint(0, 10, (8,))
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model, depths
+
+    (a, depths_a), (b, depths_b) = trained(0), trained(0)
+    assert depths_a == depths_b and len(set(depths_a)) > 1 and set(depths_a) <= set(range(MAX_REPEATS + 1))
+    for (name, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(wa, wb), name
+    assert trained(1)[1] != depths_a  # another seed, other depths
+    a.eval()
+    x = torch.rand(4, *MNIST)
+    assert torch.equal(a(x), a(x))  # evaluation: the mean over every depth, no draw
 
 
 def test_unknown_model_suggests_the_closest():
@@ -32,3 +94,8 @@ def test_unknown_model_suggests_the_closest():
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="registered twice"):
         register("mlp")(nn.Identity)
+
+
+def test_every_registered_model_has_default_settings():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(model_names()) <= set(params["train"])

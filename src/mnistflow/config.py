@@ -17,7 +17,6 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from mnistflow.datasets import DATASETS
 from mnistflow.errors import ConfigError
-from mnistflow.io import write_bytes
 
 IMAGE_SIZE = 28  # every dataset of the MNIST family is 28x28
 SPLITS = ("train", "val", "test")
@@ -277,11 +276,4 @@ def _message(cls: type, error: dict) -> str:
     must = {"bool": "true or false", "string": "text", "int": f"an integer {bounds}", "float": f"a number {bounds}",
             "too": "a non-empty list", "tuple": "a list", "list": "a list"}.get(kind.split("_")[0])
     return f"{key}: {value!r} must be {must}".rstrip() if must else f"{key}: {value!r}: {error['msg']}"
-
-
-def check_params(path: str = "params.yaml", stamp: str | None = None, models: Sequence[str] | None = None) -> None:
-    """Validate params.yaml; on success write `stamp` (always the same bytes) if given."""
-    load_config(path, models)
-    if stamp:
-        write_bytes(stamp, b"params.yaml is valid\n")
 

@@ -19,6 +19,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     sha256: dict[str, str] | None = None  # of the decompressed files; None: torchvision's md5 check stands
     system_dir: str | None = None  # an OS package's copy, used before any download
+    shape: tuple[int, int, int] = (1, 28, 28)  # of an image: channels, height, width
 
 
 DATASETS = {

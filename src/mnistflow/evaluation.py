@@ -48,7 +48,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     a confusion CSV into `confusion_dir`; the same numbers into its MLflow run."""
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.train.deterministic)
-    model = create_model(name)
+    model = create_model(name, DATASETS[cfg.data.dataset].shape)
     try:
         model.load_state_dict(load_torch(weights))
     except FileNotFoundError:

@@ -151,7 +151,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     train = load_split(data_dir / "train.pt").to(device)
     val = load_split(data_dir / "val.pt").to(device)
     norm = Normalizer(**read_stats(data_dir))
-    model = create_model(name).to(device)
+    model = create_model(name, DATASETS[cfg.data.dataset].shape).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.train.amp and device.type == "cuda"
     params = cfg.run_params(name)

@@ -81,7 +81,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     }
     per_model, facts = {}, {}
     for name in cfg.train.models:
-        model = create_model(name)
+        model = create_model(name, DATASETS[cfg.data.dataset].shape)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
         model.eval()
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.

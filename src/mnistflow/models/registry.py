@@ -1,21 +1,32 @@
-"""The one registry of model names. Adding a model: one module, one `@register` line."""
+"""The one registry of model names and the input shape each accepts. Adding a model: one
+module, one `@register` line."""
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from mnistflow.errors import ConfigError
 
-_MODELS: dict[str, Callable[[], nn.Module]] = {}
+Shape = tuple[int, int, int]  # channels, height, width
 
 
-def register(name: str):
-    def add(factory: Callable[[], nn.Module]):
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., nn.Module]
+    accepts: Shape | None  # None: any shape (the model flattens its input), given to the factory
+
+
+_MODELS: dict[str, _Entry] = {}
+
+
+def register(name: str, accepts: Shape | None = (1, 28, 28)):
+    def add(factory: Callable[..., nn.Module]):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = factory
+        _MODELS[name] = _Entry(factory, accepts)
         return factory
     return add
 
@@ -24,9 +35,27 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str) -> nn.Module:
+def _entry(name: str) -> _Entry:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(model_names())})")
-    return _MODELS[name]()
+    return _MODELS[name]
+
+
+def _shape(shape: Shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_input(name: str, dataset: str, shape: Shape) -> None:
+    """Refuse a model paired with a dataset whose images it cannot take, naming both shapes."""
+    accepts = _entry(name).accepts
+    if accepts is not None and tuple(accepts) != tuple(shape):
+        raise ConfigError(f"model {name!r} takes {_shape(accepts)} images (channels x height x width), "
+                          f"but dataset {dataset!r} has {_shape(shape)}")
+
+
+def create_model(name: str, shape: Shape = (1, 28, 28)) -> nn.Module:
+    entry = _entry(name)
+    check_input(name, "given", shape)
+    return entry.factory(shape) if entry.accepts is None else entry.factory()
