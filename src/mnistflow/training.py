@@ -151,13 +151,13 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     train = load_split(data_dir / "train.pt").to(device)
     val = load_split(data_dir / "val.pt").to(device)
     norm = Normalizer(**read_stats(data_dir))
-    model = create_model(name, DATASETS[cfg.data.dataset].shape).to(device)
+    dataset = cfg.data.dataset
+    model = create_model(name, DATASETS[dataset].shape).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.train.amp and device.type == "cuda"
     params = cfg.run_params(name)
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
     resume = checkpoint.load() if cfg.train.resume else None
-    dataset = cfg.data.dataset
     with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
                               run_id=resume and resume["run_id"], view_sets=["test", *cfg.preprocess.variants]) as run:
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):

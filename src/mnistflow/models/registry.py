@@ -56,6 +56,10 @@ def check_input(name: str, dataset: str, shape: Shape) -> None:
 
 
 def create_model(name: str, shape: Shape = (1, 28, 28)) -> nn.Module:
+    """The model for images of `shape`; one that takes a fixed shape is refused any other."""
     entry = _entry(name)
-    check_input(name, "given", shape)
-    return entry.factory(shape) if entry.accepts is None else entry.factory()
+    if entry.accepts is None:
+        return entry.factory(shape)
+    if tuple(entry.accepts) != tuple(shape):
+        raise ConfigError(f"model {name!r} takes {_shape(entry.accepts)} images, not {_shape(shape)}")
+    return entry.factory()
