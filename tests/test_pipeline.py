@@ -444,7 +444,9 @@ def test_four_queued_experiments_on_two_workers_all_land_complete(project):
 def test_a_moved_copy_of_the_repo_keeps_its_store_working(project, tmp_path):
     project, _ = project
     moved = tmp_path / "moved"
-    shutil.copytree(project, moved, symlinks=True)
+    # Not .dvc/tmp: DVC's own scratch, where a stopped queue's worker may still be removing files.
+    shutil.copytree(project, moved, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder) == project / ".dvc" else [])
     before = sorted((project / "mlruns/artifacts").iterdir())
     set_params(moved, "train.mlp.lr", 0.004)
     out = dvc(moved, "repro")
