@@ -1,4 +1,4 @@
-"""DVC stage download: the raw IDX files of data.dataset into OUT_DIR, verified."""
+"""DVC stage download: the raw files of data.dataset into OUT_DIR, verified."""
 import sys
 from pathlib import Path
 
@@ -15,7 +15,7 @@ def main() -> None:
     (out_dir,) = sys.argv[1:]
     cfg = load_config()
     mirror = cfg.data.mirror and str(repo_root() / cfg.data.mirror)  # relative to the project
-    fetch(DATASETS[cfg.data.dataset], mirror, Path(out_dir))
+    fetch(DATASETS[cfg.data.dataset], mirror, Path(out_dir), checksums=cfg.data.verify)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 import dataclasses
 import gzip
 import hashlib
+import pickle
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
-from mnistflow.synthetic import write_idx
+from mnistflow.synthetic import write_cifar, write_idx
 from mnistflow.config import VariantConfig
-from mnistflow.datasets import DATASETS, FILES
+from mnistflow.datasets import CIFAR_FILES, DATASETS, IDX_FILES
 from mnistflow.download import fetch, raw_folder
 from mnistflow.errors import ConfigError, DataError
 from mnistflow.splits import (Split, load_split, make_variant, preprocess, random_shift, read_raw,
                               save_split, split_train_val)
 
 MNIST = DATASETS["mnist"]
+CIFAR = DATASETS["cifar10"]
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -21,13 +26,13 @@ def test_fetch_from_a_mirror_gzipped_or_not(tmp_path, gz):
     mirror = write_idx(tmp_path / "mirror", n_train=50, n_test=20, gz=gz)
     source = fetch(MNIST, str(mirror), tmp_path / "raw")
     assert source == f"data.mirror {mirror}"
-    assert sorted(p.name for p in raw_folder(tmp_path / "raw", MNIST).iterdir()) == sorted(FILES.values())
+    assert sorted(p.name for p in raw_folder(tmp_path / "raw", MNIST).iterdir()) == sorted(IDX_FILES.values())
     train, test = read_raw(tmp_path / "raw", MNIST)
     assert train.images.shape == (50, 1, 28, 28) and len(test) == 20
 
 
 def test_pinned_checksum_mismatch_names_the_file_and_leaves_nothing(tmp_path):
-    spec = dataclasses.replace(MNIST, sha256={name: "0" * 64 for name in FILES.values()})
+    spec = dataclasses.replace(MNIST, checksums={name: "0" * 64 for name in IDX_FILES.values()})
     mirror = write_idx(tmp_path / "mirror", n_train=50, n_test=20)
     with pytest.raises(DataError, match="train-images-idx3-ubyte: SHA-256 of the decompressed file is"):
         fetch(spec, str(mirror), tmp_path / "raw")
@@ -37,8 +42,8 @@ def test_pinned_checksum_mismatch_names_the_file_and_leaves_nothing(tmp_path):
 def test_checksums_are_of_the_decompressed_bytes(tmp_path):
     mirror = write_idx(tmp_path / "mirror", n_train=50, n_test=20, gz=True)
     sums = {name: hashlib.sha256(gzip.decompress((mirror / f"{name}.gz").read_bytes())).hexdigest()
-            for name in FILES.values()}
-    fetch(dataclasses.replace(MNIST, sha256=sums), str(mirror), tmp_path / "raw")
+            for name in IDX_FILES.values()}
+    fetch(dataclasses.replace(MNIST, checksums=sums), str(mirror), tmp_path / "raw")
 
 
 def test_truncated_file_is_named(tmp_path):
@@ -98,6 +103,8 @@ def test_random_shift_moves_content_without_changing_it():
 @pytest.mark.parametrize("obj, message", [
     ({"images": torch.zeros(3, 28, 28, dtype=torch.uint8), "labels": torch.zeros(3, dtype=torch.int64)},
      "expected uint8 \\(N,1,28,28\\)"),
+    ({"images": torch.zeros(3, 1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(3, dtype=torch.int64)},
+     "images are torch.uint8 \\(3, 1, 28, 28\\), expected uint8 \\(N,3,32,32\\)"),
     ({"images": torch.zeros(3, 1, 28, 28), "labels": torch.zeros(3, dtype=torch.int64)}, "images are torch.float32"),
     ({"images": torch.zeros(3, 1, 28, 28, dtype=torch.uint8), "labels": torch.tensor([0, 1, 10])},
      "labels outside 0..9"),
@@ -108,7 +115,7 @@ def test_bad_split_files_are_refused_naming_the_file(tmp_path, obj, message):
     path = tmp_path / "train.pt"
     torch.save(obj, path)
     with pytest.raises(DataError, match=f"{path}: .*{message}"):
-        load_split(path)
+        load_split(path, (3, 32, 32) if "32" in message else (1, 28, 28))
 
 
 def test_preprocess_writes_splits_stats_and_variants(tmp_path):
@@ -120,3 +127,77 @@ def test_preprocess_writes_splits_stats_and_variants(tmp_path):
     first = (tmp_path / "out/train.pt").read_bytes()
     save_split(tmp_path / "out/train.pt", load_split(tmp_path / "out/train.pt"))
     assert (tmp_path / "out/train.pt").read_bytes() == first  # torch.save is byte-stable: DVC caching holds
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar_from_a_mirror_archive_or_folder_through_preprocess(tmp_path, archive):
+    mirror = write_cifar(tmp_path / "mirror", n_train=100, n_test=40, archive=archive)
+    assert fetch(CIFAR, str(mirror), tmp_path / "raw", checksums=False) == f"data.mirror {mirror}"
+    assert sorted(p.name for p in raw_folder(tmp_path / "raw", CIFAR).iterdir()) == sorted(CIFAR_FILES)
+    preprocess(tmp_path / "raw", CIFAR, 20, 0, {"crop24": VariantConfig(crop=24)}, tmp_path / "out")
+    train = load_split(tmp_path / "out/train.pt", (3, 32, 32))
+    assert train.images.shape == (80, 3, 32, 32) and len(load_split(tmp_path / "out/test.pt", (3, 32, 32))) == 40
+    assert load_split(tmp_path / "out/variants/crop24.pt", (3, 32, 32)).images.shape == (40, 3, 32, 32)
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    assert len(stats["mean"]) == len(stats["std"]) == 3
+    # each channel's mean, as the pixels say (the generator lights class k's square in channel k % 3)
+    expect = (train.images.double() / 255).mean((0, 2, 3))
+    assert stats["mean"] == pytest.approx(expect.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("archive, named", [(True, "cifar-10-python.tar.gz"), (False, "data_batch_1")])
+def test_cifar_checksums_pin_the_real_dataset(tmp_path, archive, named):
+    mirror = write_cifar(tmp_path / "mirror", n_train=50, n_test=10, archive=archive)
+    with pytest.raises(DataError, match=f"{named}: MD5 of the file is .* not the real dataset .*data.verify: false"):
+        fetch(CIFAR, str(mirror), tmp_path / "raw")
+    assert list(tmp_path.iterdir()) == [tmp_path / "mirror"]
+
+
+class _Runs:
+    def __reduce__(self):
+        return (print, ("a pickle ran code",))
+
+
+@pytest.mark.parametrize("batch, message", [
+    (_Runs(), "test_batch: not a CIFAR-10 python batch \\(it refers to __builtin__.print"),
+    ({"data": [1, 2], "labels": [0, 1]}, "test_batch: 'data' is list, expected uint8 \\(N, 3072\\)"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "test_batch: expected 2 labels in 0..9"),
+    (b"not a pickle", "test_batch: not a CIFAR-10 python batch"),
+])
+def test_a_cifar_batch_that_is_not_one_is_refused_naming_it(tmp_path, capsys, batch, message):
+    mirror = write_cifar(tmp_path / "mirror", n_train=50, n_test=10, archive=False)
+    path = mirror / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(batch if isinstance(batch, bytes) else pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=message):
+        fetch(CIFAR, str(mirror), tmp_path / "raw", checksums=False)
+    assert "ran code" not in capsys.readouterr().out
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_broken_cifar_archive_is_named(tmp_path):
+    mirror = write_cifar(tmp_path / "mirror", n_train=50, n_test=10)
+    archive = mirror / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:2000])
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz: cannot be read as a tar.gz archive"):
+        fetch(CIFAR, str(mirror), tmp_path / "raw", checksums=False)
+
+
+def test_no_cifar_source_says_how_to_supply_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as err:
+        fetch(CIFAR, str(tmp_path / "empty"), tmp_path / "raw")
+    assert "missing data_batch_1" in str(err.value) and "cifar-10-python.tar.gz" in str(err.value)
+
+
+def test_colour_crops_and_shifts_move_every_channel_together():
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    shifted = random_shift(images, 3, torch.Generator().manual_seed(0))
+    # one shift per image: channel c of the result is channel c of the single-channel result
+    for c in range(3):
+        alone = random_shift(images[:, c:c + 1].contiguous(), 3, torch.Generator().manual_seed(0))
+        assert torch.equal(shifted[:, c:c + 1], alone)
+    test = Split(images, torch.zeros(20, dtype=torch.int64))
+    variant = make_variant(test, "crop24", VariantConfig(crop=24), seed=0)
+    assert variant.images.shape == (20, 3, 32, 32)
+    with pytest.raises(ConfigError, match="crop40.crop: 40 is larger than the 32x32 images"):
+        make_variant(test, "crop40", VariantConfig(crop=40), seed=0)

@@ -29,7 +29,7 @@ def test_predict_returns_classes_and_mean_cross_entropy():
     images = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.tensor([1, 2, 3], dtype=torch.uint8)
     split = Split(images, torch.tensor([1, 2, 0]))
-    preds, loss = predict(Fixed(), split, Normalizer(mean=0.0, std=1 / 255))
+    preds, loss = predict(Fixed(), split, Normalizer(mean=(0.0,), std=(1 / 255,)))
     assert preds.tolist() == [1, 2, 3]
     expected = torch.nn.functional.cross_entropy(
         torch.nn.functional.one_hot(torch.tensor([1, 2, 3]), 10).float() * 10, split.labels)

@@ -45,15 +45,22 @@ def test_models_that_flatten_take_any_shape_and_the_others_theirs_only():
         check_input("seq_cnn", "fashion_mnist", MNIST)
 
 
-def test_check_params_refuses_a_model_the_dataset_cannot_feed(tmp_path):
+@pytest.mark.parametrize("model, dataset, message", [
+    ("seq_cnn", "fashion_mnist", "model 'seq_cnn' takes 3x32x32 images (channels x height x width), "
+                                 "but dataset 'fashion_mnist' has 1x28x28"),
+    ("lenet", "cifar10", "model 'lenet' takes 1x28x28 images (channels x height x width), "
+                         "but dataset 'cifar10' has 3x32x32"),
+])
+def test_check_params_refuses_a_model_the_dataset_cannot_feed(tmp_path, model, dataset, message):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["models"] = ["mlp", "seq_cnn"]
+    params["train"]["models"] = ["mlp", model]
+    params["data"]["dataset"] = dataset
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stamp = tmp_path / "params.ok"
     out = subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), str(stamp)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "model 'seq_cnn' takes 3x32x32 images" in out.stderr and "'fashion_mnist' has 1x28x28" in out.stderr
+    assert message in out.stderr
     assert not stamp.exists()
 
 

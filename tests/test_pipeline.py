@@ -151,7 +151,8 @@ def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(projec
     net.load_state_dict(torch.load(project / f"models/{model}.pt", weights_only=True))
     net.eval()
     with torch.no_grad():
-        expected = net((test["images"].float() / 255 - stats["mean"]) / stats["std"]).argmax(1)
+        mean, std = (torch.tensor(stats[k]).view(-1, 1, 1) for k in ("mean", "std"))  # per channel
+        expected = net((test["images"].float() / 255 - mean) / std).argmax(1)
     # dst_path: loading a models:/ URI from a local store would write a registered_model_meta
     # file into the logged model's own folder (MLflow's ModelsArtifactRepository does).
     served = mlflow.pyfunc.load_model(f"models:/mnist-{model}@champion", dst_path=str(tmp_path)).predict(

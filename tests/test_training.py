@@ -14,7 +14,7 @@ from mnistflow.training import fit
 # sgd with momentum, a cosine schedule and shift augmentation: every piece of state a resume must restore
 CFG = ModelConfig.model_validate({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                                   "scheduler": {"name": "cosine"}, "epochs": 4, "batch_size": 16, "shift": 1})
-NORM = Normalizer(mean=0.5, std=0.25)
+NORM = Normalizer(mean=(0.5,), std=(0.25,))
 
 
 def split(n: int, seed: int) -> Split:

@@ -18,7 +18,6 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mnistflow.datasets import DATASETS
 from mnistflow.errors import ConfigError
 
-IMAGE_SIZE = 28  # every dataset of the MNIST family is 28x28
 SPLITS = ("train", "val", "test")
 
 
@@ -99,21 +98,21 @@ class ModelConfig(Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     # augmentation: random translation of each training image by up to this many pixels
-    shift: int = Field(ge=0, le=IMAGE_SIZE // 2 - 1)
+    shift: int = Field(ge=0)
 
     def flat(self) -> dict[str, Any]:
         return {**self.model_dump(exclude={"scheduler"}), "scheduler": self.scheduler.name,
                 **{f"scheduler.{k}": v for k, v in self.scheduler.settings.items()}}
 
 
-class VariantConfig(Section):  # RandomCrop(crop) of the 28x28 test image, then Resize back to 28
-    crop: Annotated[int, Field(ge=1), _unless(lambda crop: crop > IMAGE_SIZE, lambda crop: (
-        f"{crop} is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image; allowed 1..{IMAGE_SIZE}"))]
+class VariantConfig(Section):  # RandomCrop(crop) of each test image, then Resize back to its size
+    crop: int = Field(ge=1)
 
 
 class DataConfig(Section):
     dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
-    mirror: str | None  # a folder holding the four IDX files, gzipped or not
+    mirror: str | None  # a folder holding the dataset's files, tried first
+    verify: bool  # check the real dataset's checksums; false: other data in the same format
     val_size: int = Field(ge=1)  # images held out of train for validation
 
 
@@ -147,10 +146,19 @@ class Config(Section):
     visualize: VisualizeConfig
 
     @model_validator(mode="after")
-    def _sections_of_listed_models(self) -> Config:
+    def _fits_the_data(self) -> Config:
+        _, height, width = DATASETS[self.data.dataset].shape
+        size = f"the {height}x{width} images of {self.data.dataset}"
         for name in self.train.models:
-            if getattr(self.train, name, None) is None:
+            if (model := getattr(self.train, name, None)) is None:
                 raise ValueError(f"train.models lists {name!r} but there is no train.{name} section")
+            if model.shift > min(height, width) // 2 - 1:
+                raise ValueError(f"train.{name}.shift: {model.shift} is too large for {size}; "
+                                 f"allowed 0..{min(height, width) // 2 - 1}")
+        for name, variant in self.preprocess.variants.items():
+            if variant.crop > min(height, width):
+                raise ValueError(f"preprocess.variants.{name}.crop: {variant.crop} is larger than {size}; "
+                                 f"allowed 1..{min(height, width)}")
         return self
 
     def model(self, name: str) -> ModelConfig:

@@ -59,7 +59,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.preprocess.variants}}
     report, figures, datasets = {}, {}, {}
     for set_name, path in sets.items():
-        split = load_split(path).to(device)
+        split = load_split(path, DATASETS[cfg.data.dataset].shape).to(device)
         datasets[set_name] = tracking.dataset(f"{cfg.data.dataset}-{set_name}", path, split.images, split.labels)
         preds, loss = predict(model, split, norm)
         metrics = classification_metrics(preds, split.labels, classes)

@@ -1,6 +1,7 @@
 """A trained model applied to a split: what training's validation, evaluation and the figures share."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +16,19 @@ EVAL_BATCH = 1000
 
 @dataclass(frozen=True)
 class Normalizer:
-    """uint8 pixels -> standardized float, applied per batch on the device."""
+    """uint8 pixels -> standardized float, per channel, applied per batch on the device."""
 
-    mean: float
-    std: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - self.mean) / self.std
+        return (images.float() / 255 - _per_channel(self.mean, images.device)) / _per_channel(self.std, images.device)
+
+
+@functools.cache
+def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(C,1,1), broadcast over a batch; made once per device, not per batch."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
 @torch.inference_mode()

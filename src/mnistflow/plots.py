@@ -51,17 +51,32 @@ def confusion_matrix(confusion, classes: list[str], title: str) -> Figure:
     return fig
 
 
+def _show(ax, image, cmap: str = "gray", centred: bool = False) -> None:
+    """One image, (H,W) or (C,H,W): one channel through `cmap`, three in colour. `centred`: the
+    scale is symmetric about 0, so 0 is the neutral colour (weights; grey in colour)."""
+    image = np.asarray(image)
+    image = image[0] if image.ndim == 3 and image.shape[0] == 1 else image
+    vmax = (float(np.abs(image).max()) or 1.0) if centred else None
+    if image.ndim == 2:
+        ax.imshow(image, cmap=cmap, vmin=None if vmax is None else -vmax, vmax=vmax)
+        return
+    image = image.transpose(1, 2, 0)  # channels last, as imshow takes colour
+    if centred:
+        image = image / (2 * vmax) + 0.5
+    elif image.dtype != np.uint8:  # floats (a filter): stretched to 0..1
+        image = (image - image.min()) / ((image.max() - image.min()) or 1.0)
+    ax.imshow(image)
+
+
 def image_grid(images, titles: list[str], title: str, colors: list[str] | None = None,
                columns: int = 4, cmap: str = "gray", centred: bool = False) -> Figure:
-    """A grid of single-channel images, each with its title (the tutorials' first look at data).
-    `centred`: each image's colour scale is symmetric about 0, so 0 is the neutral colour (weights)."""
+    """A grid of images, (H,W) or (C,H,W), each with its title (the tutorials' first look at
+    data). `cmap` and `centred`: as `_show`."""
     rows = -(-len(images) // columns)
     fig = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="tight")
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, image, label, color in zip(axes, images, titles, colors or ["black"] * len(titles)):
-        image = np.asarray(image)
-        vmax = (float(np.abs(image).max()) or 1.0) if centred else None
-        ax.imshow(image, cmap=cmap, vmin=None if vmax is None else -vmax, vmax=vmax)
+        _show(ax, image, cmap, centred)
         ax.set_title(label, color=color, fontsize=9)
     for ax in axes:
         ax.axis("off")
@@ -97,12 +112,14 @@ def loss_curves(histories: dict[str, list[dict]]) -> Figure:
 
 
 def feature_maps(image, kernel, output, pooled, title: str) -> Figure:
-    """An input image, one first-layer filter, its output and the max-pooled output."""
+    """An input image, one first-layer filter (each (C,H,W) or (H,W)), its output and the
+    max-pooled output."""
     fig = Figure(figsize=(12, 3.4), layout="tight")
     panels = (("input", image), ("conv1 filter", kernel), ("filter output", output), ("max-pooled", pooled))
     for ax, (label, data) in zip(fig.subplots(1, 4), panels):
-        ax.imshow(np.asarray(data), cmap="gray")
-        ax.set_title(f"{label} {tuple(np.asarray(data).shape)}")
+        data = np.asarray(data)
+        _show(ax, data)
+        ax.set_title(f"{label} {data.shape[1:] if data.ndim == 3 and len(data) == 1 else data.shape}")
         ax.axis("off")
     fig.suptitle(title)
     return fig

@@ -23,11 +23,12 @@ CLASSES_FILE = "classes.json"
 class RawPixelClassifier(nn.Module):
     """uint8 images (N,C,H,W), 0-255 as they come -> class probabilities."""
 
-    def __init__(self, net: nn.Module, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        # per channel, as the training loop's Normalizer
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images.float() / 255 - self.mean) / self.std).softmax(1)

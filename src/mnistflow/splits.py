@@ -1,7 +1,7 @@
 """The preprocess stage's data: uint8 image tensors, seeded splits, crop variants.
 
-A split file holds {"images": uint8 (N,1,28,28), "labels": int64 (N,)}; it is
-small enough to live in memory (and on the GPU) whole during training.
+A split file holds {"images": uint8 (N,C,H,W), "labels": int64 (N,)}, in the dataset's
+shape; it is small enough to live in memory (and on the GPU) whole during training.
 """
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from mnistflow.config import IMAGE_SIZE, VariantConfig
-from mnistflow.datasets import DatasetSpec
+from mnistflow import cifar
+from mnistflow.config import VariantConfig
+from mnistflow.datasets import CIFAR_TRAIN, DatasetSpec
 from mnistflow.errors import ConfigError, DataError
 from mnistflow.io import load_torch, save_torch, write_json
 
@@ -23,7 +25,7 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N,1,28,28)
+    images: torch.Tensor  # uint8 (N,C,H,W)
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -34,7 +36,12 @@ class Split:
 
 
 def read_raw(raw_root: Path, spec: DatasetSpec) -> tuple[Split, Split]:
-    """Read the raw IDX files through torchvision's own dataset class."""
+    """Read the raw files: IDX through torchvision's own dataset class, CIFAR batches ourselves
+    (torchvision's class would refuse any files but the real dataset's)."""
+    if spec.format == "cifar":
+        folder = Path(raw_root) / spec.raw_subdir
+        return tuple(_cat([cifar.read_batch(folder / name, spec.shape, len(spec.classes)) for name in names])
+                     for names in (CIFAR_TRAIN, ["test_batch"]))
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, spec.torchvision_class)
@@ -48,6 +55,11 @@ def read_raw(raw_root: Path, spec: DatasetSpec) -> tuple[Split, Split]:
     return out[0], out[1]
 
 
+def _cat(batches) -> Split:
+    return Split(torch.from_numpy(np.concatenate([images for images, _ in batches])),
+                 torch.from_numpy(np.concatenate([labels for _, labels in batches])))
+
+
 def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """A seeded hold-out of `val_size` images from train."""
     if val_size >= len(train):
@@ -59,28 +71,29 @@ def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Spli
 
 
 def make_variant(test: Split, name: str, variant: VariantConfig, seed: int) -> Split:
-    """RandomCrop(crop) then Resize(28), as in the MNIST crop tutorial, but seeded.
-
-    The generator's seed mixes in the variant's name, so two variants differ and
+    """RandomCrop(crop) then Resize back to the image's size, as in the MNIST crop tutorial, but
+    seeded. The generator's seed mixes in the variant's name, so two variants differ and
     each is the same on every run.
     """
-    crop = variant.crop
+    crop, (height, width) = variant.crop, test.images.shape[-2:]
+    if crop > min(height, width):
+        raise ConfigError(f"preprocess.variants.{name}.crop: {crop} is larger than the {height}x{width} images")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    tops = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
-    lefts = torch.randint(0, IMAGE_SIZE - crop + 1, (len(test),), generator=gen)
+    tops = torch.randint(0, height - crop + 1, (len(test),), generator=gen)
+    lefts = torch.randint(0, width - crop + 1, (len(test),), generator=gen)
     crops = crop_windows(test.images, tops, lefts, crop)
-    images = TF.resize(crops, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    images = TF.resize(crops, [height, width], antialias=True)
     return Split(images.contiguous(), test.labels.clone())
 
 
 def crop_windows(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: int) -> torch.Tensor:
-    """One size x size window per image of a (N,1,H,W) batch, at its own (top, left); on any device."""
+    """One size x size window per image of a (N,C,H,W) batch, at its own (top, left); on any device."""
     tops, lefts = tops.to(images.device), lefts.to(images.device)
     span = torch.arange(size, device=images.device)
     rows = (tops[:, None] + span)[:, :, None]    # (N,size,1)
     cols = (lefts[:, None] + span)[:, None, :]   # (N,1,size)
     n = torch.arange(len(images), device=images.device)[:, None, None]
-    return images[:, 0][n, rows, cols].unsqueeze(1)
+    return torch.stack([images[:, c][n, rows, cols] for c in range(images.shape[1])], 1)
 
 
 def random_shift(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -94,17 +107,19 @@ def random_shift(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> 
     return crop_windows(padded, tops, lefts, size)
 
 
-def pixel_stats(train: Split) -> dict[str, float]:
-    x = train.images.double() / 255
-    return {"mean": round(x.mean().item(), 6), "std": round(x.std().item(), 6)}
+def pixel_stats(train: Split) -> dict[str, list[float]]:
+    """Per-channel mean and standard deviation of the training pixels, scaled to 0..1."""
+    x = train.images.double().transpose(0, 1).flatten(1) / 255  # (C, N*H*W)
+    return {"mean": [round(m, 6) for m in x.mean(1).tolist()], "std": [round(s, 6) for s in x.std(1).tolist()]}
 
 
 def save_split(path: Path, split: Split) -> None:
     save_torch(path, {"images": split.images, "labels": split.labels})
 
 
-def load_split(path: Path) -> Split:
-    """Load a split file, refusing one of the wrong shape, dtype or label range."""
+def load_split(path: Path, shape: tuple[int, int, int] | None = None, classes: int = NUM_CLASSES) -> Split:
+    """Load a split file, refusing one of the wrong dtype, image shape (`shape`, when given) or
+    label range."""
     path = Path(path)
     try:
         obj = load_torch(path)
@@ -115,23 +130,24 @@ def load_split(path: Path) -> Split:
     if not isinstance(obj, dict) or set(obj) != {"images", "labels"}:
         raise DataError(f"{path}: expected a dict with 'images' and 'labels'")
     images, labels = obj["images"], obj["labels"]
-    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"{path}: images are {images.dtype} {tuple(images.shape)}, expected uint8 (N,1,28,28)")
+    if images.dtype != torch.uint8 or images.dim() != 4 or shape and tuple(images.shape[1:]) != tuple(shape):
+        want = ",".join(map(str, shape or "CHW"))
+        raise DataError(f"{path}: images are {images.dtype} {tuple(images.shape)}, expected uint8 (N,{want})")
     if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
         raise DataError(f"{path}: labels are {labels.dtype} {tuple(labels.shape)}, "
                         f"expected int64 ({images.shape[0]},)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1} "
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{path}: labels outside 0..{classes - 1} "
                         f"(min {labels.min().item()}, max {labels.max().item()})")
     return Split(images, labels)
 
 
-def read_stats(data_dir: Path) -> dict[str, float]:
-    """The train mean/std that normalize every batch."""
+def read_stats(data_dir: Path) -> dict[str, tuple[float, ...]]:
+    """The train mean/std per channel that normalize every batch."""
     path = Path(data_dir) / "stats.json"
     try:
         stats = json.loads(path.read_text())
-        return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+        return {k: tuple(map(float, stats[k])) for k in ("mean", "std")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: cannot read the train mean/std ({exc}); run the preprocess stage") from None
 
@@ -141,6 +157,8 @@ def preprocess(raw_root: Path, spec: DatasetSpec, val_size: int, seed: int,
     """The preprocess stage: train/val/test split files, stats and test variants."""
     out = Path(out)
     train, test = read_raw(raw_root, spec)
+    if tuple(train.images.shape[1:]) != spec.shape:
+        raise DataError(f"{raw_root}: images are {tuple(train.images.shape[1:])}, expected {spec.shape} for {spec.name}")
     train, val = split_train_val(train, val_size, seed)
     for name, split in (("train", train), ("val", val), ("test", test)):
         save_split(out / f"{name}.pt", split)

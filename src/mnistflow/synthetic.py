@@ -1,4 +1,5 @@
-"""A tiny learnable dataset in the MNIST IDX format, for tests and the reproducibility check."""
+"""Tiny learnable datasets in the real formats (MNIST IDX, CIFAR-10 batches), for tests and the
+reproducibility check."""
 from __future__ import annotations
 
 import gzip
@@ -33,3 +34,38 @@ def write_idx(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0
 def _idx_bytes(magic: int, array: np.ndarray) -> bytes:
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
     return header + array.tobytes()
+
+
+def write_cifar(folder: Path, n_train: int = 500, n_test: int = 100, seed: int = 0, archive: bool = True) -> Path:
+    """CIFAR-10's python version in miniature, in the real format: five training batches, a test
+    batch and batches.meta, pickled as the real ones load (protocol 2, latin-1 strings), in
+    `cifar-10-python.tar.gz` (archive) or a `cifar-10-batches-py` folder. Class k is a bright
+    square at its own place and in its own colour, over noise."""
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    batches = {f"data_batch_{i + 1}": part for i, part in enumerate(np.array_split(np.arange(n_train), 5))}
+    batches["test_batch"] = np.arange(n_test)
+    files = {"batches.meta": {"label_names": [f"class{k}" for k in range(10)], "num_cases_per_batch": n_train // 5}}
+    for name, index in batches.items():
+        labels = (index % 10).astype(np.int64)
+        rng.shuffle(labels)
+        images = rng.integers(0, 80, size=(len(labels), 3, 32, 32)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            top, left = 4 + 6 * (k // 4), 4 + 6 * (k % 4)
+            images[i, k % 3, top:top + 8, left:left + 8] = 255
+        files[name] = {"batch_label": name, "labels": labels.tolist(), "data": images.reshape(len(labels), -1),
+                       "filenames": [f"{name}_{i}.png" for i in range(len(labels))]}
+    out = folder / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, obj in files.items():
+        (out / name).write_bytes(pickle.dumps(obj, protocol=2))
+    if archive:
+        with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(out, arcname="cifar-10-batches-py")
+        for path in out.iterdir():
+            path.unlink()
+        out.rmdir()
+    return folder

@@ -319,7 +319,7 @@ def model_name(dataset_name: str, model: str) -> str:
     return f"{dataset_name}-{model}"
 
 
-def log_model_args(model: torch.nn.Module, mean: float, std: float, classes: list[str],
+def log_model_args(model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...], classes: list[str],
                    example: torch.Tensor) -> dict:
     """What `Model.log` gets for the served form of `model` (on the CPU, in eval mode):
     raw uint8 pixels in, standardized inside, class probabilities and names out."""
@@ -330,7 +330,7 @@ def log_model_args(model: torch.nn.Module, mean: float, std: float, classes: lis
     return {"flavor": serving, "pytorch_model": serving.RawPixelClassifier(model, mean, std).eval(),
             "classes": classes, "input_example": example, "signature": serving.signature(example.shape),
             "pip_requirements": _mlflow().pytorch.get_default_pip_requirements(),
-            "metadata": {"classes": classes, "mean": mean, "std": std,
+            "metadata": {"classes": classes, "mean": list(mean), "std": list(std),
                          "input": f"uint8 pixels 0-255, shape (N, {', '.join(map(str, example.shape[1:]))})"}}
 
 

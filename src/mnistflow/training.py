@@ -148,11 +148,11 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     device = select_device(cfg.device)
     set_determinism(cfg.seed, cfg.train.deterministic)
     data_dir = Path(data_dir)
-    train = load_split(data_dir / "train.pt").to(device)
-    val = load_split(data_dir / "val.pt").to(device)
+    dataset, shape = cfg.data.dataset, DATASETS[cfg.data.dataset].shape
+    train = load_split(data_dir / "train.pt", shape).to(device)
+    val = load_split(data_dir / "val.pt", shape).to(device)
     norm = Normalizer(**read_stats(data_dir))
-    dataset = cfg.data.dataset
-    model = create_model(name, DATASETS[dataset].shape).to(device)
+    model = create_model(name, shape).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.train.amp and device.type == "cuda"
     params = cfg.run_params(name)

@@ -29,14 +29,15 @@ def first_layer(model: nn.Module) -> nn.Module:
     return next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
-def weights_figure(model: nn.Module, name: str):
-    """What the first layer learned: fc1 rows as 28x28 images (MLP) or the conv1 filters."""
+def weights_figure(model: nn.Module, name: str, shape: tuple[int, int, int]):
+    """What the first layer learned: the conv1 filters, or fc1 rows as images (MLP); in colour
+    where the images have three channels."""
     layer = first_layer(model)
     w = layer.weight.detach().cpu()
     if isinstance(layer, nn.Conv2d):
-        images, what = w[:, 0], "conv1 filters"
+        images, what = w, "conv1 filters"
     else:
-        images, what = w[:32].view(-1, 28, 28), "fc1 rows as 28x28 images (first 32)"
+        images, what = w[:32].view(-1, *shape), f"fc1 rows as {shape[1]}x{shape[2]} images (first 32)"
     return plots.image_grid(list(images), [str(i) for i in range(len(images))], f"{name}: {what}",
                             columns=min(8, len(images)), cmap="coolwarm", centred=True)
 
@@ -47,7 +48,7 @@ def feature_maps_figure(model: nn.Module, image: torch.Tensor, norm: Normalizer,
     x = norm(image[None].cpu())
     output = conv.cpu()(x)[0, 0]
     pooled = F.max_pool2d(output.relu()[None], 2)[0]
-    return plots.feature_maps(image[0], conv.weight[0, 0], output, pooled, f"{name}: conv1, filter 0")
+    return plots.feature_maps(image, conv.weight[0], output, pooled, f"{name}: conv1, filter 0")
 
 
 def mistakes_figure(rows: list[dict], images, name: str):
@@ -57,7 +58,7 @@ def mistakes_figure(rows: list[dict], images, name: str):
     if not wrong:
         return plots.message(f"{name}: no misclassified test images")
     titles = [f"pred: {rows[i]['predicted']}\ntrue: {rows[i]['actual']}" for i in wrong]
-    return plots.image_grid(list(images[wrong, 0]), titles, f"{name}: misclassified test images",
+    return plots.image_grid(list(images[wrong]), titles, f"{name}: misclassified test images",
                             ["red"] * len(wrong))
 
 
@@ -68,20 +69,20 @@ def read_csv(path: Path) -> list[dict]:
 
 def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path,
               figures_dir: Path, index_path: Path) -> None:
-    classes = list(DATASETS[cfg.data.dataset].classes)
+    classes, shape = list(DATASETS[cfg.data.dataset].classes), DATASETS[cfg.data.dataset].shape
     norm = Normalizer(**read_stats(data_dir))
-    train, test = load_split(data_dir / "train.pt"), load_split(data_dir / "test.pt")
+    train, test = load_split(data_dir / "train.pt", shape), load_split(data_dir / "test.pt", shape)
     evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.train.models}
     per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.train.models}
     shared = {
         "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.train.models}),
         "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.train.models}),
-        "samples.png": plots.image_grid(list(train.images[:SHOWN, 0]), [classes[i] for i in train.labels[:SHOWN]],
+        "samples.png": plots.image_grid(list(train.images[:SHOWN]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
     }
     per_model, facts = {}, {}
     for name in cfg.train.models:
-        model = create_model(name, DATASETS[cfg.data.dataset].shape)
+        model = create_model(name, shape)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
         model.eval()
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
@@ -90,7 +91,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
             f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
                                                             f"{name}: test set (row-normalized)"),
             f"mistakes_{name}.png": mistakes_figure(predicted, test.images, name),
-            f"weights_{name}.png": weights_figure(model, name),
+            f"weights_{name}.png": weights_figure(model, name, shape),
         }
         if isinstance(first_layer(model), nn.Conv2d):
             figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
