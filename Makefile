@@ -8,6 +8,8 @@ UI_PORT ?= 5000
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
 MODEL ?= cnn
+COMPARE_MODEL ?= mlp
+JOBS ?= 2
 STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
@@ -17,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps compare-optimizers test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -64,6 +66,13 @@ repro: setup
 EXPS_DROP := data/.*|models.*|reports/(train|eval)$$
 exps: setup
 	$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)'
+
+# The tutorials' optimizer comparison: COMPARE_MODEL once per optimizer (sgd, adam, adadelta,
+# adagrad, rmsprop) as queued DVC experiments on JOBS workers; their curves go to
+# reports/optimizers.json (commit it), which `dvc repro` draws on the report page.
+compare-optimizers: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.compare --model $(COMPARE_MODEL) --jobs $(JOBS)
+	$(BIN)/dvc repro
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
 push: setup

@@ -1,4 +1,5 @@
-"""DVC stage visualize: figures for every model into FIGURES_DIR, and the report page INDEX."""
+"""DVC stage visualize: figures for every model (and the optimizer comparison OPTIMIZERS, when it is
+of this dataset) into FIGURES_DIR, and the report page INDEX."""
 import sys
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from mnistflow.visualize import visualize  # noqa: E402
 
 
 def main() -> None:
-    data_dir, models_dir, train_dir, eval_dir, figures_dir, index = map(Path, sys.argv[1:])
-    visualize(load_config("params.yaml", model_names()), data_dir, models_dir, train_dir, eval_dir, figures_dir, index)
+    data_dir, models_dir, train_dir, eval_dir, optimizers, figures_dir, index = map(Path, sys.argv[1:])
+    visualize(load_config("params.yaml", model_names()), data_dir, models_dir, train_dir, eval_dir, optimizers,
+              figures_dir, index)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
 # What a clean clone holds that the pipeline needs.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
-                 "stages", "src"]
+                 "reports/optimizers.json", "stages", "src"]
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,24 @@ def loss_curves(histories: dict[str, list[dict]]) -> Figure:
     return fig
 
 
+def optimizer_curves(result: dict) -> Figure:
+    """Validation loss and accuracy per epoch of one model trained with each optimizer."""
+    fig = Figure(figsize=(12, 4.5), layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for optimizer, r in result["optimizers"].items():
+        epochs = range(1, len(r["val_loss"]) + 1)
+        ax_loss.plot(epochs, r["val_loss"], marker="o", label=f"{optimizer} (lr {r['lr']:g})")
+        ax_acc.plot(epochs, r["val_acc"], marker="o", label=f"{optimizer} (lr {r['lr']:g})")
+    for ax, label in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['model']} on {result['dataset']}: one run per optimizer, seed {result['seed']}")
+    return fig
+
+
 def feature_maps(image, kernel, output, pooled, title: str) -> Figure:
     """An input image, one first-layer filter (each (C,H,W) or (H,W)), its output and the
     max-pooled output."""

@@ -346,6 +346,11 @@ def find_training_run(experiment: str, model: str, model_md5: str):
     return runs[0] if runs else None
 
 
+def metric_history(run_id: str, key: str) -> list[float]:
+    """A run's per-epoch values of one metric, in step order."""
+    return [m.value for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
 def run_for_model(experiment: str, model: str, model_md5: str) -> str:
     """The id of the run holding these weights; when the store lost it (deleted, or the
     outputs came from DVC's run-cache), a new run tagged evaluation_only, and we say so."""

@@ -16,6 +16,7 @@ from torch import nn
 from mnistflow import plots, tracking
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
+from mnistflow.errors import DataError
 from mnistflow.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
 from mnistflow.splits import load_split, read_stats
@@ -67,7 +68,18 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path,
+def read_comparison(path: Path, dataset: str) -> dict | None:
+    """The optimizer comparison (`make compare-optimizers`), when there is one of this dataset."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); run `make compare-optimizers` again") from None
+    return result if result.get("dataset") == dataset and result.get("optimizers") else None
+
+
+def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, optimizers: Path,
               figures_dir: Path, index_path: Path) -> None:
     classes, shape = list(DATASETS[cfg.data.dataset].classes), DATASETS[cfg.data.dataset].shape
     norm = Normalizer(**read_stats(data_dir))
@@ -80,6 +92,9 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         "samples.png": plots.image_grid(list(train.images[:SHOWN]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
     }
+    comparison = read_comparison(optimizers, cfg.data.dataset)
+    if comparison:
+        shared["optimizers.png"] = plots.optimizer_curves(comparison)
     per_model, facts = {}, {}
     for name in cfg.train.models:
         model = create_model(name, shape)
@@ -109,7 +124,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     experiment_url = tracking.experiment_url(tracking.experiment_id(cfg.data.dataset))
     for fact in facts.values():
         fact["url"] = experiment_url + "&searchFilter=" + quote(f"tags.model_md5 = '{fact['model_md5']}'")
-    page = index_html(cfg, evals, per_class, facts, per_model, experiment_url,
+    page = index_html(cfg, evals, per_class, facts, per_model, comparison, experiment_url,
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
     run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],
@@ -125,8 +140,8 @@ def _confusion(rows: list[dict], classes: list[str]) -> list[list[int]]:
     return counts
 
 
-def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model: dict, experiment_url: str,
-               fig_dir) -> str:
+def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model: dict, comparison: dict | None,
+               experiment_url: str, fig_dir) -> str:
     """One static page: no scripts, fonts or styles from the network. The models x sets table
     and the robustness figure first, then one section per model, then what spans them."""
     e = html.escape
@@ -139,6 +154,7 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
     sections = "".join(_model_section(cfg, m, evals[m], facts[m], [img(f) for f in per_model[m]])
                        for m in cfg.train.models)
     pc = lambda v: "&ndash;" if v is None else f"{v:.3f}"  # noqa: E731  (None: no samples of that class)
+    optimizers = _optimizers_section(comparison, img("optimizers.png")) if comparison else ""
     class_rows = "".join(
         f"<tr><th>{e(c)}</th>" + "".join(f"<td>{pc(per_class[m][c])}</td>" for m in cfg.train.models)
         + "</tr>" for c in classes)
@@ -164,9 +180,21 @@ img {{ border: 1px solid #eee; }}
 <section><h2>All models</h2><div class="figs">{img("loss_curves.png")}{img("samples.png")}</div>
 <h3>Per-class accuracy on the test set</h3>
 <table id="per-class"><tr><th>class</th>{"".join(f"<th>{e(m)}</th>" for m in cfg.train.models)}</tr>{class_rows}</table>
-</section>
+</section>{optimizers}
 </body></html>
 """
+
+
+def _optimizers_section(result: dict, image: str) -> str:
+    e = html.escape
+    acc = lambda v: "&ndash;" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = "".join(f"<tr><th>{e(o)}</th><td>{r['lr']:g}</td><td>{r['val_loss'][-1]:.4f}</td>"
+                   f"<td>{r['val_acc'][-1]:.4f}</td><td>{acc(r['test_acc'])}</td><td>{e(r['dvc_exp'])}</td></tr>"
+                   for o, r in result["optimizers"].items())
+    return (f'\n<section id="optimizers"><h2>Optimizers: {e(result["model"])}, one run each '
+            f'(<code>make compare-optimizers</code>)</h2><div class="figs"><table><tr><th>optimizer</th><th>lr</th>'
+            f'<th>val loss</th><th>val acc</th><th>test acc</th><th>DVC experiment</th></tr>{rows}</table>'
+            f'{image}</div></section>')
 
 
 def _model_section(cfg: Config, name: str, evals: dict, facts: dict, images: list[str]) -> str:

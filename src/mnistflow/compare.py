@@ -1,0 +1,126 @@
+"""The tutorials' optimizer comparison: one model trained with each optimizer on the same seed,
+data and settings, as queued DVC experiments (one MLflow run each). Their per-epoch validation
+curves and test accuracy go to reports/optimizers.json (in git), which the visualize stage draws
+as reports/figures/optimizers.png on the report page.
+
+    python -m mnistflow.compare [--model mlp] [--jobs 2]
+
+Each optimizer runs at PyTorch's default learning rate for it (SGD's and RMSprop's momentum and
+everything else as params.yaml sets them): one rate for all would favour one of them.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mnistflow import tracking
+from mnistflow.config import load_config
+from mnistflow.errors import MnistflowError, run_stage
+from mnistflow.io import write_bytes
+from mnistflow.models import model_names
+from mnistflow.optim import OPTIMIZERS
+
+RESULT = Path("reports/optimizers.json")
+CURVES = ["val_loss", "val_acc"]
+
+
+def default_lr(optimizer: str) -> float:
+    return inspect.signature(OPTIMIZERS[optimizer]).parameters["lr"].default
+
+
+def exp_name(model: str, optimizer: str) -> str:
+    return f"{model}-{optimizer}"
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise MnistflowError(f"dvc {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}".rstrip())
+    return proc
+
+
+def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
+    """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue,
+    wait for it to drain."""
+    for optimizer in OPTIMIZERS:
+        name = exp_name(model, optimizer)
+        dvc("exp", "remove", name, check=False)  # a comparison run again replaces the old one
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]",
+            "-S", f"train.{model}.optimizer={optimizer}", "-S", f"train.{model}.lr={default_lr(optimizer)}")
+    dvc("queue", "start", "-j", str(jobs))
+    print(f"queued {len(OPTIMIZERS)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while "Queued" in (status := dvc("queue", "status").stdout) or "Running" in status:
+            if time.monotonic() > deadline:
+                raise MnistflowError(f"the queue did not drain in {timeout:.0f} s:\n{status}")
+            time.sleep(3)
+    finally:  # never leave workers behind, on an error or Ctrl-C either
+        dvc("queue", "stop", "--kill", check=False)
+    failed = [exp_name(model, o) for o in OPTIMIZERS
+              if any(exp_name(model, o) in line and "Failed" in line for line in status.splitlines())]
+    if failed:
+        raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
+
+
+def exp_weights_md5(name: str, model: str) -> str:
+    """The md5 of the weights that DVC experiment `name` (of the current commit) produced, from
+    its dvc.lock: how its MLflow run is found, also where DVC restored the outputs from its
+    run-cache instead of training (an experiment equal to one already run)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    lock = subprocess.run(["git", "show", f"refs/exps/{head[:2]}/{head[2:]}/{name}:dvc.lock"],
+                          capture_output=True, text=True)
+    if lock.returncode != 0:
+        raise MnistflowError(f"no DVC experiment {name!r} of commit {head[:7]}: {lock.stderr.strip()}")
+    outs = yaml.safe_load(lock.stdout)["stages"][f"train@{model}"]["outs"]
+    return next(out["md5"] for out in outs if out["path"] == f"models/{model}.pt")
+
+
+def gather(model: str) -> dict:
+    """What each optimizer's run recorded: settings, validation curves, test accuracy."""
+    cfg = load_config("params.yaml", model_names())
+    result = {"dataset": cfg.data.dataset, "model": model, "seed": cfg.seed, "optimizers": {}}
+    for optimizer in OPTIMIZERS:
+        name = exp_name(model, optimizer)
+        md5 = exp_weights_md5(name, model)
+        run = tracking.find_training_run(cfg.data.dataset, model, md5)
+        if run is None:
+            raise MnistflowError(f"no MLflow run of {model} holds the weights of DVC experiment {name!r} "
+                                 f"(md5 {md5}) in {tracking.tracking_uri()}")
+        result["optimizers"][optimizer] = {
+            "dvc_exp": name, "model_md5": md5, "lr": float(run.data.params["lr"]),
+            "test_acc": run.data.metrics.get("test_acc"),
+            **{key: tracking.metric_history(run.info.run_id, key) for key in CURVES}}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mnistflow.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp", choices=model_names())
+    parser.add_argument("--jobs", type=int, default=2, help="queue workers (experiments at a time)")
+    args = parser.parse_args()
+    run_experiments(args.model, args.jobs)
+    result = gather(args.model)
+    write_bytes(RESULT, (json.dumps(result, indent=1) + "\n").encode())
+    print(table(result))
+    print(f"wrote {RESULT}; `dvc repro` draws it on the report page")
+
+
+def table(result: dict) -> str:
+    """The comparison as a Markdown table (the README's)."""
+    rows = [f"| {o} | {r['lr']:g} | {r['val_loss'][-1]:.4f} | {r['val_acc'][-1]:.4f} | "
+            f"{'-' if r['test_acc'] is None else format(r['test_acc'], '.4f')} |"
+            for o, r in result["optimizers"].items()]
+    return "\n".join([f"{result['model']} on {result['dataset']}, seed {result['seed']}:",
+                      "| optimizer | lr | val loss | val acc | test acc |", "|---|---|---|---|---|", *rows])
+
+
+if __name__ == "__main__":
+    run_stage(main)
