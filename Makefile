@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps compare-optimizers test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps compare-optimizers mnist-tutorial test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -73,6 +73,18 @@ exps: setup
 compare-optimizers: setup
 	PYTHONPATH=src $(BIN)/python -m mnistflow.compare --model $(COMPARE_MODEL) --jobs $(JOBS)
 	$(BIN)/dvc repro
+
+# The MNIST tutorial's MLP (784-500-10, Adam at 1e-3, batch 100, 10 epochs, no schedule) and its
+# crop22 test, as one DVC experiment (--temp: the workspace keeps its outputs) on MNIST from
+# MNIST_DIR, a folder holding its four IDX files; `make exps` then shows its accuracies.
+MNIST_DIR ?=
+TUTORIAL_MLP := -S 'train.models=[mlp]' -S train.mlp.optimizer=adam -S train.mlp.lr=0.001 \
+	-S train.mlp.weight_decay=0 -S train.mlp.scheduler.name=none -S train.mlp.epochs=10 \
+	-S train.mlp.batch_size=100 -S train.mlp.shift=0
+mnist-tutorial: setup
+	@test -n "$(MNIST_DIR)" || { echo "set MNIST_DIR to a folder holding MNIST's four IDX files (gzipped or not)" >&2; exit 2; }
+	-@$(BIN)/dvc exp remove -q mnist-tutorial 2>/dev/null  # run again: it replaces the last one
+	$(BIN)/dvc exp run --temp -n mnist-tutorial -S data.dataset=mnist -S data.mirror=$(abspath $(MNIST_DIR)) $(TUTORIAL_MLP)
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
 push: setup

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import make_project, runs_of
+from conftest import add_make, make_project, pipeline_env, run, runs_of
 from mnistflow.reprocheck import compare, pipeline_run
 
 pytestmark = pytest.mark.e2e
@@ -24,3 +24,21 @@ def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_
     assert set(runs) == set(MODELS)
     for run in runs.values():
         assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics and run.data.tags["model_md5"]
+
+
+def test_make_mnist_tutorial_runs_the_tutorials_mlp_as_an_experiment(tmp_path, tiny_mirror):
+    """The README's way to the MNIST tutorial's numbers, on generated IDX data (MNIST has no
+    offline source here): one DVC experiment with the tutorial's settings, the crop22 test among
+    its metrics, one MLflow run with those params; the workspace keeps its outputs."""
+    project = add_make(make_project(tmp_path / "project", tiny_mirror))
+    missing = run(["make", "mnist-tutorial"], project, pipeline_env(), check=False)
+    assert missing.returncode != 0 and "set MNIST_DIR to a folder holding MNIST's four IDX files" in missing.stderr
+    run(["make", "mnist-tutorial", f"MNIST_DIR={tiny_mirror}"], project, pipeline_env(), timeout=900)
+    assert not (project / "models").exists()  # --temp: the workspace is left as it was
+    shown = run(["make", "exps"], project, pipeline_env()).stdout
+    assert "mnist-tutorial" in shown and "crop22" in shown
+    (mlp,) = runs_of(project, "mnist")
+    assert mlp.info.status == "FINISHED" and mlp.data.tags["dvc_exp_name"] == "mnist-tutorial"
+    assert {k: mlp.data.params[k] for k in ("optimizer", "lr", "scheduler", "epochs", "batch_size", "shift")} == {
+        "optimizer": "adam", "lr": "0.001", "scheduler": "none", "epochs": "10", "batch_size": "100", "shift": "0"}
+    assert {"test_acc", "crop22_acc"} <= set(mlp.data.metrics), mlp.data.metrics
