@@ -22,8 +22,8 @@ def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_
         assert json.loads((tmp_path / f"first/reports/eval/{model}.json").read_text())["test"] > 0.3
     runs = {r.info.run_name: r for r in runs_of(tmp_path / "first")}
     assert set(runs) == set(MODELS)
-    for run in runs.values():
-        assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics and run.data.tags["model_md5"]
+    for r in runs.values():
+        assert r.info.status == "FINISHED" and "test_acc" in r.data.metrics and r.data.tags["model_md5"]
 
 
 def test_make_mnist_tutorial_runs_the_tutorials_mlp_as_an_experiment(tmp_path, tiny_mirror):

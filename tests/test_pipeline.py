@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
