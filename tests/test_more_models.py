@@ -35,7 +35,7 @@ def test_make_mnist_tutorial_runs_the_tutorials_mlp_as_an_experiment(tmp_path, t
     assert missing.returncode != 0 and "set MNIST_DIR to a folder holding MNIST's four IDX files" in missing.stderr
     run(["make", "mnist-tutorial", f"MNIST_DIR={tiny_mirror}"], project, pipeline_env(), timeout=900)
     assert not (project / "models").exists()  # --temp: the workspace is left as it was
-    shown = run(["make", "exps"], project, pipeline_env()).stdout
+    shown = run(["make", "-s", "exps"], project, {**pipeline_env(), "COLUMNS": "200"}).stdout
     assert "mnist-tutorial" in shown and "crop22" in shown
     (mlp,) = runs_of(project, "mnist")
     assert mlp.info.status == "FINISHED" and mlp.data.tags["dvc_exp_name"] == "mnist-tutorial"
