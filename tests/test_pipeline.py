@@ -191,6 +191,13 @@ def test_a_bad_param_stops_dvc_before_any_output_is_touched(project):
               pipeline_env(), check=False)
     assert exp.returncode != 0
     assert "train.cnn.lr: -1.0 is out of range; it must be > 0.0" in exp.stdout + exp.stderr
+    set_params(project, "train.models", ["mlp", "seq_cnn"])  # a model the dataset cannot feed
+    try:
+        shape = run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env(), check=False)
+    finally:
+        (project / "params.yaml").write_text(text)
+    assert shape.returncode != 0 and "model 'seq_cnn' takes 3x32x32 images (channels x height x width), " \
+        "but dataset 'mnist' has 1x28x28" in shape.stdout + shape.stderr
     assert {p: p.read_bytes() for p in before} == before
     assert "Running stage" not in dvc(project, "repro").stdout
 
