@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps compare-optimizers mnist-tutorial test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps compare-optimizers mnist-tutorial bench test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -85,6 +85,12 @@ mnist-tutorial: setup
 	@test -n "$(MNIST_DIR)" || { echo "set MNIST_DIR to a folder holding MNIST's four IDX files (gzipped or not)" >&2; exit 2; }
 	-@$(BIN)/dvc exp remove -q mnist-tutorial 2>/dev/null  # run again: it replaces the last one
 	$(BIN)/dvc exp run --temp -n mnist-tutorial -S data.dataset=mnist -S data.mirror=$(abspath $(MNIST_DIR)) $(TUTORIAL_MLP)
+
+# Training speed: the tutorial's textbook loop against the project's on the default cnn, and the
+# time to 92% validation accuracy (bench/train_speed.py; README "Benchmarks").
+bench: setup
+	$(BIN)/dvc repro preprocess
+	PYTHONPATH=src $(BIN)/python bench/train_speed.py
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
 push: setup
