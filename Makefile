@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps compare-optimizers mnist-tutorial bench test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps compare-optimizers mnist-tutorial bench server server-stop test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -46,13 +46,14 @@ $(PLOTS_PAGE): src/mnistflow/plotpage.py | $(VENV)/.installed
 		vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
 	PYTHONPATH=src $(BIN)/python -m mnistflow.plotpage .plots/node_modules $@
 
-# What some tests drive: headless Chromium (report page, MLflow UI, DVC plots) and an OpenSSH
-# server (the SSH remote). Installed only where we are root with apt-get; elsewhere those tests
-# say why they are skipped.
+# What some tests drive: headless Chromium (report page, MLflow UI, DVC plots), an OpenSSH
+# server (the SSH remote) and PostgreSQL (the team server). Installed only where we are root with
+# apt-get; elsewhere those tests say why they are skipped.
 test-tools:
-	@missing="$$(echo $$(command -v chromium >/dev/null || echo chromium) $$(test -x /usr/sbin/sshd || echo openssh-server))"; \
+	@missing="$$(echo $$(command -v chromium >/dev/null || echo chromium) $$(test -x /usr/sbin/sshd || echo openssh-server) \
+		$$(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql))"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing $$missing (for the browser and SSH-remote tests)"; \
+		echo "installing $$missing (for the browser, SSH-remote and team-server tests)"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 			|| echo "could not install $$missing: the tests that need it will be skipped"; \
 	fi
@@ -91,6 +92,18 @@ mnist-tutorial: setup
 bench: setup
 	$(BIN)/dvc repro preprocess
 	PYTHONPATH=src $(BIN)/python bench/train_speed.py
+
+# A team tracking server: MLflow's basic-auth app over a PostgreSQL cluster of its own in
+# SERVER_DIR, artifacts served through it, on SERVER_HOST:SERVER_PORT (loopback unless told).
+# Admin password: MNISTFLOW_ADMIN_PASSWORD, else generated into SERVER_DIR/admin-password.
+SERVER_DIR ?= .server
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5050
+server: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.server start --dir $(SERVER_DIR) --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+server-stop: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.server stop --dir $(SERVER_DIR)
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
 push: setup

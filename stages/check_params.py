@@ -1,5 +1,6 @@
 """DVC stage check_params [STAMP]: validate params.yaml before any other stage (keys, values, and
-that each model takes the dataset's images); write STAMP, always the same bytes, when valid."""
+that each model takes the dataset's images) and, where MLFLOW_TRACKING_URI names a server, that
+it answers and lets us in; write STAMP, always the same bytes, when valid."""
 import sys
 from pathlib import Path
 
@@ -10,12 +11,14 @@ from mnistflow.datasets import DATASETS  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
 from mnistflow.io import write_bytes  # noqa: E402
 from mnistflow.models import check_input, model_names  # noqa: E402
+from mnistflow.tracking import check_server  # noqa: E402
 
 
 def main() -> None:
     cfg = load_config("params.yaml", model_names())
     for name in cfg.train.models:
         check_input(name, cfg.data.dataset, DATASETS[cfg.data.dataset].shape)
+    check_server()
     if sys.argv[1:]:
         write_bytes(sys.argv[1], b"params.yaml is valid\n")
 

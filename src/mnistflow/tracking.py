@@ -84,12 +84,46 @@ def client():
 
 @functools.cache
 def _connect(uri: str):
-    """Once per store and process: look for a move, then keep one client."""
+    """Once per store and process: look for a move (sqlite) or ask the server whether it lets
+    us in (http), then keep one client."""
     db = _sqlite_path()
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         relocate_store(db)
+    else:
+        check_server(uri)
     return _mlflow().MlflowClient(uri)
+
+
+def check_server(uri: str | None = None, timeout: float = 10) -> None:
+    """A tracking server that does not answer, or refuses our credentials (MLflow's own
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), is one line, at once: MLflow's
+    client would retry for minutes and then print a traceback. A sqlite store passes."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from mnistflow.errors import MnistflowError
+
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None and password is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = f"user {user!r}" if user else "no credentials"
+            raise MnistflowError(f"the MLflow server at {uri} refused {who} (HTTP {exc.code}): set "
+                                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise MnistflowError(f"the MLflow server at {uri} answered HTTP {exc.code} ({exc.reason})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MnistflowError(f"no MLflow server answers at {uri} ({reason}); start it (make server) "
+                             f"or unset MLFLOW_TRACKING_URI for the local store") from None
 
 
 def relocate_store(db: Path) -> int:

@@ -1,0 +1,170 @@
+"""A team MLflow tracking server: MLflow's basic-auth app over a PostgreSQL cluster of its own
+(under the server folder, run as an unprivileged user, never the system's cluster), artifacts
+served through the server.
+
+    python -m mnistflow.server start [--dir .server] [--host 127.0.0.1] [--port 5050]
+    python -m mnistflow.server stop [--dir .server]
+
+The admin password comes from MNISTFLOW_ADMIN_PASSWORD, else from <dir>/admin-password, which
+`start` generates (mode 600) the first time; there is no default. Artifacts go to
+<dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). PostgreSQL listens on a Unix socket
+in <dir>/run only (no TCP), reachable by its owner alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mnistflow.errors import MnistflowError, run_stage
+
+ADMIN = "admin"
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    if shutil.which("initdb"):
+        return Path(shutil.which("initdb")).parent
+    raise MnistflowError("PostgreSQL's server binaries are not installed (Debian: apt-get install postgresql)")
+
+
+def _db_user() -> str | None:
+    """PostgreSQL refuses to run as root: there, the cluster belongs to an unprivileged user."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise MnistflowError("running as root, and no unprivileged user (postgres, nobody) to run PostgreSQL as")
+
+
+def _as(user: str | None, *cmd: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    argv = [str(c) for c in cmd]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise MnistflowError(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}".rstrip())
+    return proc
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 600), made the first time."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip()
+
+
+def admin_password(folder: Path) -> str:
+    return os.environ.get("MNISTFLOW_ADMIN_PASSWORD") or _secret(folder / "admin-password")
+
+
+def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
+    folder = folder.resolve()
+    if (folder / "mlflow.pid").exists():
+        raise MnistflowError(f"a server from {folder} is running (pid file mlflow.pid): make server-stop first")
+    pg, user = _pg_bin(), _db_user()
+    data, run = folder / "pg", folder / "run"
+    folder.mkdir(parents=True, exist_ok=True)
+    if user and subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(folder)]).returncode != 0:
+        raise MnistflowError(f"{folder}: PostgreSQL runs as {user}, who cannot reach this folder (a parent "
+                             f"lacks o+x); pass --dir (make server SERVER_DIR=...) a folder it can reach")
+    for path in (data, run):
+        path.mkdir(mode=0o700, exist_ok=True)
+        if user:
+            shutil.chown(path, user)
+    if not (data / "PG_VERSION").exists():
+        _as(user, pg / "initdb", "-D", data, "-A", "trust", "-U", "mlflow", "--no-instructions")
+    _as(user, pg / "pg_ctl", "-D", data, "-l", data / "server.log", "-w", "start",
+        "-o", f"-c listen_addresses='' -c unix_socket_directories='{run}' -c unix_socket_permissions=0700")
+    for db in ("mlflow", "mlflow_auth"):
+        exists = _as(user, pg / "psql", "-h", run, "-U", "mlflow", "-d", "postgres", "-tAc",
+                     f"select 1 from pg_database where datname = '{db}'").stdout.strip()
+        if not exists:
+            _as(user, pg / "createdb", "-h", run, "-U", "mlflow", db)
+    store = f"postgresql+psycopg://mlflow@/mlflow?host={run}"
+    auth = folder / "basic_auth.ini"
+    fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = postgresql+psycopg://mlflow@/mlflow_auth?host={run}\n"
+                f"admin_username = {ADMIN}\nadmin_password = {admin_password(folder)}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    artifacts = os.environ.get("MNISTFLOW_ARTIFACTS") or str(folder / "artifacts")
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_DISABLE_TELEMETRY": "true",
+           # the UI's CSRF protection signs with it: the same across restarts
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(folder / "flask-secret")}
+    with open(folder / "mlflow.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                                 "--backend-store-uri", store, "--serve-artifacts", "--artifacts-destination",
+                                 artifacts, "--host", host, "--port", str(port), "--workers", "2"],
+                                env=env, stdout=log, stderr=log, start_new_session=True)
+    (folder / "mlflow.pid").write_text(f"{proc.pid}\n")
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stop(folder)
+            raise MnistflowError(f"mlflow server exited with {proc.returncode}; see {folder / 'mlflow.log'}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return url
+        except OSError:
+            time.sleep(0.5)
+    stop(folder)
+    raise MnistflowError(f"mlflow server did not answer at {url} in {timeout:.0f} s; see {folder / 'mlflow.log'}")
+
+
+def stop(folder: Path) -> None:
+    """Stop what `start` started: the server's process group by its PID, then the cluster."""
+    folder = folder.resolve()
+    pid_file = folder / "mlflow.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.killpg(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+    if (folder / "pg" / "postmaster.pid").exists():
+        _as(_db_user(), _pg_bin() / "pg_ctl", "-D", folder / "pg", "-m", "fast", "-w", "stop")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mnistflow.server", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--dir", type=Path, default=Path(".server"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5050)
+    args = parser.parse_args()
+    if args.action == "stop":
+        stop(args.dir)
+        print(f"stopped the server and the database of {args.dir}")
+        return
+    url = start(args.dir, args.host, args.port)
+    source = "MNISTFLOW_ADMIN_PASSWORD" if os.environ.get("MNISTFLOW_ADMIN_PASSWORD") else args.dir / "admin-password"
+    print(f"MLflow server at {url} (admin password: {source}). To use it:\n"
+          f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} "
+          f"MLFLOW_TRACKING_PASSWORD=\"$(cat {args.dir / 'admin-password'})\"")
+
+
+if __name__ == "__main__":
+    run_stage(main)

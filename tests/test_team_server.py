@@ -1,0 +1,98 @@
+"""A team tracking server for real: a PostgreSQL cluster of its own and `mlflow server
+--app-name basic-auth` on 127.0.0.1 (python -m mnistflow.server, what `make server` runs); the
+pipeline on tiny data against it, checked through the REST API; a wrong password stops the
+pipeline at check_params with nothing touched; an unauthenticated request gets 401."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port, make_project, pipeline_env, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
+    not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"),
+    reason="PostgreSQL's server binaries are not installed (make test installs Debian's postgresql "
+           "where it runs as root with apt-get)")]
+MODELS = ["mlp", "cnn", "lenet"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Not under pytest's tmp_path (mode 700): PostgreSQL runs as an unprivileged user who must reach it.
+    home = Path(tempfile.mkdtemp(prefix="mnistflow-team-"))
+    home.chmod(0o755)
+    folder, port = home / ".server", free_port()
+    env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
+    started = run([sys.executable, "-m", "mnistflow.server", "start", "--dir", str(folder), "--port", str(port)],
+                  home, env, timeout=300)
+    assert "MLflow server at" in started.stdout
+    try:
+        yield f"http://127.0.0.1:{port}", (folder / "admin-password").read_text().strip()
+    finally:
+        run([sys.executable, "-m", "mnistflow.server", "stop", "--dir", str(folder)], home, env, timeout=120)
+        pid_file_gone = not (folder / "mlflow.pid").exists()
+        shutil.rmtree(home, ignore_errors=True)
+        assert pid_file_gone
+
+
+def rest(url: str, path: str, password: str | None, body: dict | None = None):
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    if password is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        data = response.read()
+    return json.loads(data) if path.startswith("/api/2.0/mlflow/") else data
+
+
+def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, tiny_mirror):
+    url, password = server
+    with pytest.raises(urllib.error.HTTPError) as unauthenticated:
+        rest(url, "/api/2.0/mlflow/experiments/search?max_results=1", None)
+    assert unauthenticated.value.code == 401
+
+    project = make_project(tmp_path / "project", tiny_mirror)
+    env = {**pipeline_env(), "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin"}
+    wrong = run([sys.executable, "-m", "dvc", "repro"], project, {**env, "MLFLOW_TRACKING_PASSWORD": "wrong"},
+                check=False)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stdout + wrong.stderr
+    assert f"error: the MLflow server at {url} refused user 'admin' (HTTP 401)" in wrong.stderr
+    assert not any((project / d).exists() for d in ("data", "models", "reports/train"))  # nothing touched
+
+    run([sys.executable, "-m", "dvc", "repro"], project, {**env, "MLFLOW_TRACKING_PASSWORD": password}, timeout=900)
+    assert not (project / "mlruns").exists()  # everything went to the server
+
+    experiment = rest(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist", password)["experiment"]
+    runs = rest(url, "/api/2.0/mlflow/runs/search", password,
+                {"experiment_ids": [experiment["experiment_id"]], "max_results": 50})["runs"]
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    assert set(by_name) == set(MODELS)
+    for model, r in by_name.items():
+        assert r["info"]["status"] == "FINISHED"
+        params = {p["key"]: p["value"] for p in r["data"]["params"]}
+        assert params["model"] == model and params["dataset"] == "mnist"
+        metrics = {m["key"] for m in r["data"]["metrics"]}
+        assert {"val_acc", "test_acc", "crop22_acc", "train_seconds"} <= metrics
+        history = rest(url, f"/api/2.0/mlflow/metrics/get-history?run_id={r['info']['run_id']}&metric_key=val_acc",
+                       password)["metrics"]
+        assert len(history) == 1  # one per epoch (make_project trains 1 epoch)
+        tags = {t["key"]: t["value"] for t in r["data"]["tags"]}
+        assert tags["model_md5"] and tags["dataset"] == "mnist"
+        # the artifacts came through the server's proxy: the loss curve and the lineage
+        artifact_root = r["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/")
+        png = rest(url, f"/api/2.0/mlflow-artifacts/artifacts/{artifact_root}/loss_curve.png", password)
+        assert png.startswith(b"\x89PNG")
+        lineage = json.loads(rest(url, f"/api/2.0/mlflow-artifacts/artifacts/{artifact_root}/lineage.json", password))
+        assert lineage
+        registered = rest(url, f"/api/2.0/mlflow/registered-models/get?name=mnist-{model}", password)
+        assert {a["alias"] for a in registered["registered_model"]["aliases"]} >= {"candidate", "champion"}
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None  # the test process itself stayed local
