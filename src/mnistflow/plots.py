@@ -9,6 +9,16 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _per_epoch(*axes: tuple, legend_size: int | None = 8) -> None:
+    """Axes of (ax, y label) pairs over whole epochs, with a grid and a legend."""
+    for ax, label in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+
+
 def loss_curve(history, title: str) -> Figure:
     """Train and validation loss (left) and accuracy (right) per epoch."""
     epochs = [r.epoch for r in history]
@@ -18,12 +28,7 @@ def loss_curve(history, title: str) -> Figure:
     ax_loss.plot(epochs, [r.val_loss for r in history], marker="o", label="val")
     ax_acc.plot(epochs, [r.train_acc for r in history], marker="o", label="train")
     ax_acc.plot(epochs, [r.val_acc for r in history], marker="o", label="val")
-    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    _per_epoch((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy"), legend_size=None)
     fig.suptitle(title)
     return fig
 
@@ -101,12 +106,7 @@ def loss_curves(histories: dict[str, list[dict]]) -> Figure:
         for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
             ax.plot(epochs, [float(r[f"train_{key}"]) for r in rows], "--", color=color, label=f"{model} train")
             ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "-", color=color, label=f"{model} val")
-    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _per_epoch((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy"))
     fig.suptitle("Loss and accuracy per epoch")
     return fig
 
@@ -119,12 +119,7 @@ def optimizer_curves(result: dict) -> Figure:
         epochs = range(1, len(r["val_loss"]) + 1)
         ax_loss.plot(epochs, r["val_loss"], marker="o", label=f"{optimizer} (lr {r['lr']:g})")
         ax_acc.plot(epochs, r["val_acc"], marker="o", label=f"{optimizer} (lr {r['lr']:g})")
-    for ax, label in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _per_epoch((ax_loss, "validation loss"), (ax_acc, "validation accuracy"))
     fig.suptitle(f"{result['model']} on {result['dataset']}: one run per optimizer, seed {result['seed']}")
     return fig
 
