@@ -117,7 +117,7 @@ def save_split(path: Path, split: Split) -> None:
     save_torch(path, {"images": split.images, "labels": split.labels})
 
 
-def load_split(path: Path, shape: tuple[int, int, int] | None = None, classes: int = NUM_CLASSES) -> Split:
+def load_split(path: Path, shape: tuple[int, int, int] | None = None) -> Split:
     """Load a split file, refusing one of the wrong dtype, image shape (`shape`, when given) or
     label range."""
     path = Path(path)
@@ -136,8 +136,8 @@ def load_split(path: Path, shape: tuple[int, int, int] | None = None, classes: i
     if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
         raise DataError(f"{path}: labels are {labels.dtype} {tuple(labels.shape)}, "
                         f"expected int64 ({images.shape[0]},)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-        raise DataError(f"{path}: labels outside 0..{classes - 1} "
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1} "
                         f"(min {labels.min().item()}, max {labels.max().item()})")
     return Split(images, labels)
 
