@@ -62,6 +62,8 @@ def test_the_project_params_are_valid():
     ("data.val_size", 0, "data.val_size: 0 is out of range"),
     ("device", "gpu", "device: unknown value 'gpu'"),
     ("train.amp", "yes", "train.amp: 'yes' must be true or false"),
+    ("train.nproc", 0, "train.nproc: 0 is out of range; it must be >= 1"),
+    ("train.nproc", "2x", "train.nproc: '2x' must be an integer"),
     ("preprocess.variants", {"crop40": {"crop": 40}},
      "preprocess.variants.crop40.crop: 40 is larger than the 28x28 images of fashion_mnist; allowed 1..28"),
     ("train.cnn.shift", 14, "train.cnn.shift: 14 is too large for the 28x28 images of fashion_mnist; allowed 0..13"),

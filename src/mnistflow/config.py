@@ -131,6 +131,7 @@ class TrainConfig(Section):
     amp: bool  # mixed precision on CUDA
     deterministic: bool
     resume: bool  # continue from the last epoch checkpoint after a kill
+    nproc: int = Field(1, ge=1, le=1024)  # data-parallel processes under torchrun (1: none)
 
 
 class VisualizeConfig(Section):

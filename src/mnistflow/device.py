@@ -23,6 +23,9 @@ def select_device(name: str = "auto") -> torch.device:
     elif name == "mps" and not mps:
         raise ConfigError("device: 'mps' was asked for but MPS is not available here; use 'auto' or 'cpu'")
     device = torch.device(name)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # a torchrun worker: one GPU each
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
     detail = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     log.info("device: %s%s", device, detail)
     return device

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mnistflow import lineage, tracking
+from mnistflow import distributed, lineage, tracking
 from mnistflow.config import Config, ModelConfig
 from mnistflow.datasets import DATASETS
 from mnistflow.device import autocast, select_device, set_determinism
@@ -59,12 +60,14 @@ def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: boo
 def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Normalizer, *,
         seed: int, amp: bool = False, name: str = "model",
         on_epoch: Callable[[EpochResult], None] = lambda r: None,
-        resume: dict | None = None, save_state: Callable[[dict], None] = lambda s: None) -> list[EpochResult]:
+        resume: dict | None = None, save_state: Callable[[dict], None] = lambda s: None,
+        world: distributed.World = distributed.SINGLE) -> list[EpochResult]:
     """Train `model` in place on splits already on the device; return per-epoch results.
 
     `save_state` gets the full training state after every epoch; `resume` is such a state to
     continue from. Every epoch draws from its own generator seeded by (seed, epoch), so a
-    resumed run ends with the same weights as an uninterrupted one.
+    resumed run ends with the same weights as an uninterrupted one. In a `world` of N
+    processes, each takes the N-th part of every batch that one process would take.
     """
     device = train.images.device
     optimizer = build_optimizer(model.parameters(), cfg)
@@ -78,6 +81,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
             scheduler.load_state_dict(resume["scheduler"])
         history = [EpochResult(**row) for row in resume["history"]]
         log.info("%s: resuming after epoch %d of %d from a checkpoint", name, len(history), cfg.epochs)
+    net = DistributedDataParallel(model) if world.size > 1 else model  # all-reduces the gradients
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -93,23 +97,30 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
                    disable=not show_bar, leave=False)
         for i, b in enumerate(bar):
             idx = order[b:b + cfg.batch_size]
+            # Every process draws the whole batch's shifts: the generators stay in step.
             x, y = norm(random_shift(train.images[idx], cfg.shift, gen)), train.labels[idx]
+            x, y = x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
             with autocast(device, amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+                logits = net(x)
+            # The sum over this process's part, over the whole batch: DDP's mean over the N
+            # processes then gives every process the gradient of the whole batch's mean loss.
+            loss_part = F.cross_entropy(logits.float(), y, reduction="sum")
+            loss = loss_part * world.size / len(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             # Sums and the divergence check stay on the device: no sync per batch.
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss_part.detach()
             correct += (logits.argmax(1) == y).sum()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
             if i % 50 == 49 or b + cfg.batch_size >= len(train):
-                _check_finite(first_bad, name, epoch, optimizer.param_groups[0]["lr"])
+                _check_finite(first_bad, name, epoch, optimizer.param_groups[0]["lr"], world)
             if show_bar and i % 20 == 0:
                 seen = b + len(y)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        distributed.all_sum(loss_sum, world)
+        distributed.all_sum(correct, world)
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate_loss_acc(model, val, norm, amp)
         step_scheduler(scheduler, val_loss)
@@ -135,7 +146,10 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
     return history
 
 
-def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, lr: float) -> None:
+def _check_finite(first_bad: torch.Tensor, name: str, epoch: int, lr: float, world: distributed.World) -> None:
+    if world.size > 1:  # every process stops at the same batch: the first bad one of any
+        first_bad = distributed.all_min(torch.where(first_bad > 0, first_bad, torch.iinfo(torch.int64).max), world)
+        first_bad = torch.where(first_bad == torch.iinfo(torch.int64).max, -1, first_bad)
     if first_bad.item() > 0:
         raise TrainingDiverged(f"{name}: the loss became NaN or infinite at epoch {epoch}, batch "
                                f"{first_bad.item()}; training stopped. Try a lower train.{name}.lr "
@@ -146,6 +160,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
                 metrics_path: Path, history_path: Path, checkpoint_dir: Path = Path("checkpoints")) -> list[EpochResult]:
     """The train stage for one model: fit, write its outputs, record it all in MLflow."""
     device = select_device(cfg.device)
+    world = distributed.start(device)
     set_determinism(cfg.seed, cfg.train.deterministic)
     data_dir = Path(data_dir)
     dataset, shape = cfg.data.dataset, DATASETS[cfg.data.dataset].shape
@@ -155,9 +170,15 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     model = create_model(name, shape).to(device)
     model_cfg = cfg.model(name)
     amp = cfg.train.amp and device.type == "cuda"
-    params = cfg.run_params(name)
+    params = {**cfg.run_params(name), "world_size": world.size}
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
-    resume = checkpoint.load() if cfg.train.resume else None
+    resume = distributed.from_main(checkpoint.load() if cfg.train.resume and world.main else None, world)
+    if not world.main:  # rank 0 alone writes outputs, checkpoints and the MLflow run
+        try:
+            return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
+                       world=world)
+        except TrainingDiverged:  # rank 0 stops at the same batch: it reports it and fails the run
+            return []
     with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
                               run_id=resume and resume["run_id"], view_sets=["test", *cfg.preprocess.variants]) as run:
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
@@ -168,7 +189,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
                 run.log_epoch(EpochResult(**row))
         history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
                       on_epoch=run.log_epoch, resume=resume,
-                      save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}))
+                      save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}), world=world)
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         last = history[-1]
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})

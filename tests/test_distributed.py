@@ -1,0 +1,69 @@
+"""Data-parallel training: `train.nproc: 2` under torchrun on the CPU (gloo), through the real
+`dvc repro`, against the same pipeline with one process."""
+from __future__ import annotations
+
+import json
+import sys
+
+import mlflow
+import pytest
+import torch
+
+from conftest import make_project, pipeline_env, run, runs_of, set_params
+from mnistflow.tracking import file_md5
+
+pytestmark = pytest.mark.e2e
+# Two processes take the halves of the batches one process takes, so the runs differ only in
+# the order of float sums: on 100 validation images, at most 3 may change sides.
+TOLERANCE = 0.03
+
+
+def dvc(project, *args, check=True):
+    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env(), check=check)
+
+
+def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, tiny_mirror):
+    project = make_project(tmp_path / "project", tiny_mirror, mlp={"epochs": 3})
+    set_params(project, "train.models", ["mlp"])
+    dvc(project, "repro")
+    single = json.loads((project / "reports/train/mlp.json").read_text())
+    single_weights = torch.load(project / "models/mlp.pt", weights_only=True)
+
+    set_params(project, "train.nproc", 2)
+    out = dvc(project, "repro")
+    assert "Running stage 'train@mlp'" in out.stdout and "mlp epoch 3/3" in out.stderr
+    assert out.stderr.count("mlp epoch 3/3") == 1  # rank 1 trains too, but only rank 0 speaks
+    runs = runs_of(project)
+    assert len(runs) == 2  # one run for the two processes
+    ddp = runs[-1]
+    assert ddp.info.status == "FINISHED" and ddp.data.params["world_size"] == "2"
+    assert runs[0].data.params["world_size"] == "1"
+    assert ddp.data.tags["model_md5"] == file_md5(project / "models/mlp.pt")
+    two = json.loads((project / "reports/train/mlp.json").read_text())
+    assert abs(two["val_acc"] - single["val_acc"]) <= TOLERANCE
+    # The gradients were all-reduced: the weights are one process's, up to rounding (a process
+    # that had trained on its half of the data alone would be far off).
+    for key, value in torch.load(project / "models/mlp.pt", weights_only=True).items():
+        assert torch.allclose(value, single_weights[key], atol=1e-4), key
+    assert "test_acc" in ddp.data.metrics  # evaluate found rank 0's run by the weights' md5
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    (logged,) = mlflow.search_logged_models(experiment_ids=[ddp.info.experiment_id],
+                                            filter_string=f"source_run_id = '{ddp.info.run_id}'", output_format="list")
+    loaded = mlflow.pytorch.load_model(logged.model_uri, dst_path=str(tmp_path))
+    assert sum(p.numel() for p in loaded.parameters()) > 0
+
+    weights = (project / "models/mlp.pt").read_bytes()
+    dvc(project, "repro", "--force", "--single-item", "train@mlp")
+    assert (project / "models/mlp.pt").read_bytes() == weights
+    assert len(runs_of(project)) == 3
+
+
+def test_a_diverging_loss_stops_every_process(tmp_path, tiny_mirror):
+    project = make_project(tmp_path / "project", tiny_mirror, mlp={"optimizer": "sgd", "lr": 1e12})
+    set_params(project, "train.models", ["mlp"])
+    set_params(project, "train.nproc", 2)
+    out = dvc(project, "repro", check=False)
+    assert out.returncode != 0
+    assert out.stderr.count("mlp: the loss became NaN or infinite at epoch 1, batch") == 1
+    (failed,) = runs_of(project)
+    assert failed.info.status == "FAILED" and not (project / "models/mlp.pt").exists()
