@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps compare-optimizers mnist-tutorial bench server server-stop test test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -93,6 +93,11 @@ bench: setup
 	$(BIN)/dvc repro preprocess
 	PYTHONPATH=src $(BIN)/python bench/train_speed.py
 
+# Eight queued experiments on four workers against the team server and against sqlite, on tiny
+# data in a clone of HEAD: runs complete, errors, log_batch latency (the README's load table).
+bench-team: setup test-tools
+	PYTHONPATH=src $(BIN)/python bench/team_load.py
+
 # A team tracking server: MLflow's basic-auth app over a PostgreSQL cluster of its own in
 # SERVER_DIR, artifacts served through it, on SERVER_HOST:SERVER_PORT (loopback unless told).
 # Admin password: MNISTFLOW_ADMIN_PASSWORD, else generated into SERVER_DIR/admin-password.
@@ -118,7 +123,11 @@ lock-check: setup
 
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
 test: setup test-tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+
+# The load test alone (eight queued experiments against the team server): minutes; CI runs it.
+test-slow: setup test-tools
+	$(BIN)/python -m pytest -m slow
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.
 test-fast: setup

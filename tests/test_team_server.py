@@ -94,3 +94,15 @@ def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, ti
         assert lineage
         registered = rest(url, f"/api/2.0/mlflow/registered-models/get?name=mnist-{model}", password)
         assert {a["alias"] for a in registered["registered_model"]["aliases"]} >= {"candidate", "champion"}
+
+
+@pytest.mark.slow
+def test_eight_queued_experiments_land_complete_on_the_server(server, tmp_path):
+    """The load test (bench/team_load.py): eight experiments on four `dvc queue` workers at once."""
+    url, password = server
+    out = run([sys.executable, str(ROOT / "bench/team_load.py"), "--stores", "server", "--url", url,
+               "--exps", "8", "--jobs", "4", "--json", str(tmp_path / "load.json")], ROOT,
+              {**pipeline_env(), "MLFLOW_TRACKING_PASSWORD": password}, check=False, timeout=1500)
+    (result,) = json.loads((tmp_path / "load.json").read_text())
+    assert result["problems"] == [] and out.returncode == 0, out.stdout + out.stderr
+    assert result["complete"] == 8 and result["log_batch_errors"] == 0

@@ -47,15 +47,22 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
-    """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue,
-    wait for it to drain."""
-    for optimizer in OPTIMIZERS:
-        name = exp_name(model, optimizer)
-        dvc("exp", "remove", name, check=False)  # a comparison run again replaces the old one
-        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]",
-            "-S", f"train.{model}.optimizer={optimizer}", "-S", f"train.{model}.lr={default_lr(optimizer)}")
+    """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue."""
+    failed = run_queue({exp_name(model, o): ["-S", f"train.models=[{model}]", "-S", f"train.{model}.optimizer={o}",
+                                             "-S", f"train.{model}.lr={default_lr(o)}"] for o in OPTIMIZERS},
+                       jobs, timeout)
+    if failed:
+        raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
+
+
+def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 * 3600) -> list[str]:
+    """Queue each named experiment with its `dvc exp run` arguments (replacing one of the same
+    name), run the queue on `jobs` workers, wait for it to drain; return the names that failed."""
+    for name, args in experiments.items():
+        dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
+        dvc("exp", "run", "--queue", "-n", name, *args)
     dvc("queue", "start", "-j", str(jobs))
-    print(f"queued {len(OPTIMIZERS)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
+    print(f"queued {len(experiments)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
     deadline = time.monotonic() + timeout
     try:
         while "Queued" in (status := dvc("queue", "status").stdout) or "Running" in status:
@@ -64,10 +71,8 @@ def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
             time.sleep(3)
     finally:  # never leave workers behind, on an error or Ctrl-C either
         dvc("queue", "stop", "--kill", check=False)
-    failed = [exp_name(model, o) for o in OPTIMIZERS
-              if any(exp_name(model, o) in line and "Failed" in line for line in status.splitlines())]
-    if failed:
-        raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
+    return [name for name in experiments
+            if any(name in line.split() and "Failed" in line for line in status.splitlines())]
 
 
 def exp_weights_md5(name: str, model: str) -> str:
