@@ -16,7 +16,8 @@ def main() -> None:
     model, data_dir, weights, metrics, history = sys.argv[1:]
     cfg = load_config("params.yaml", model_names())
     if cfg.train.nproc > 1 and not distributed.launched():
-        distributed.relaunch(cfg.train.nproc, select_device(cfg.device))  # does not return
+        distributed.run_workers(cfg.train.nproc, select_device(cfg.device))
+        return
     train_model(cfg, model, Path(data_dir), Path(weights), Path(metrics), Path(history))
 
 

@@ -65,5 +65,6 @@ def test_a_diverging_loss_stops_every_process(tmp_path, tiny_mirror):
     out = dvc(project, "repro", check=False)
     assert out.returncode != 0
     assert out.stderr.count("mlp: the loss became NaN or infinite at epoch 1, batch") == 1
+    assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr
     (failed,) = runs_of(project)
     assert failed.info.status == "FAILED" and not (project / "models/mlp.pt").exists()

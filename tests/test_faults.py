@@ -158,3 +158,22 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             tmp.write_bytes(b"half")
             raise Boom
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_sigterm_under_torchrun_ends_the_run_killed_and_two_processes_resume(project):
+    """train.nproc 2: torchrun passes the signal on; rank 0 saves, ends the run KILLED; the
+    resumed pair ends with the bytes of an uninterrupted pair."""
+    set_params(project, "train.nproc", 2)
+    try:
+        run([*TRAIN, "ref2.pt", "ref2.json", "ref2.csv"], project, pipeline_env())
+        code, err = interrupt(project, signal.SIGTERM)
+        assert code == 130 and "interrupted" in err and "Traceback" not in err
+        assert runs_of(project)[-1].info.status == "KILLED"
+        assert load_torch(project / "checkpoints/cnn.pt")["epoch"] == 2
+        resumed = run([*TRAIN, *OUTS], project, pipeline_env())
+    finally:
+        set_params(project, "train.nproc", 1)
+    assert "resuming after epoch 2 of 4" in resumed.stderr
+    assert (project / "models/cnn.pt").read_bytes() == (project / "ref2.pt").read_bytes()
+    last = runs_of(project)[-1]
+    assert last.info.status == "FINISHED" and last.data.params["world_size"] == "2"

@@ -1,9 +1,9 @@
 """Data-parallel training under torchrun: one process per GPU (NCCL) or per CPU slot (gloo).
 
-`train.nproc: N` makes the train stage run itself again under `torch.distributed.run` with N
-processes on this machine. Each process trains on its own slice of every batch; gradients are
-all-reduced by DistributedDataParallel; rank 0 alone writes outputs, checkpoints and the MLflow
-run. Started by torchrun directly (several machines), the stage takes the world it is given.
+`train.nproc: N` makes the train stage run its own command again under torchrun
+(`torch.distributed.run`) as N processes on this machine. Each process trains on its own slice
+of every batch; gradients are all-reduced by DistributedDataParallel; rank 0 alone writes
+outputs, checkpoints and the MLflow run. Started by torchrun directly (several machines), the stage takes the world it is given.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mnistflow.errors import ConfigError
+from mnistflow.errors import ConfigError, MnistflowError
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,28 @@ def launched() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def relaunch(nproc: int, device: torch.device) -> None:
-    """Replace this process by torchrun running the same command as `nproc` workers."""
+def run_workers(nproc: int, device: torch.device) -> None:
+    """Run this stage's command again as `nproc` workers under torchrun, in this process (so a
+    signal reaches torchrun, which passes it on); return when all have finished."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError(f"train.nproc: {nproc} processes, one per GPU, but this machine has "
                           f"{torch.cuda.device_count()} GPU(s)")
-    env = dict(os.environ)
     if device.type == "cpu":  # the CPU slots shared out, not every worker on every core
-        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # exec, not a child: DVC's signals (a kill, Ctrl-C) reach torchrun, which passes them on.
-    os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               f"--nproc-per-node={nproc}", "--local-ranks-filter=0", *sys.argv], env)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    try:
+        torchrun.run(torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--local-ranks-filter=0",
+                                          *sys.argv]))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode > 0:
+            sys.exit(failure.exitcode)  # the worker has said why
+        raise MnistflowError(f"training process {rank} died ({failure.signal_name()})") from None
+    except SignalException as exc:
+        raise KeyboardInterrupt(str(exc)) from None
 
 
 def start(device: torch.device) -> World:
