@@ -137,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exps", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--stores", default="server,sqlite")
+    parser.add_argument("--stores", default="server,sqlite",
+                        help="of server (the team server), server-uncached (its auth cache off), sqlite")
     parser.add_argument("--url", help="a running team server (else one is started and stopped)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -150,17 +151,23 @@ def main() -> None:
     for store in args.stores.split(","):
         env = dict(base)
         started = None
-        if store == "server":
+        if store.startswith("server"):
             if args.url:
                 url, password = args.url, os.environ["MLFLOW_TRACKING_PASSWORD"]
             else:
-                started = home / ".server"
+                started = home / f".{store}"
+                if store == "server-uncached":  # MLflow's default: the password's hash checked per request
+                    os.environ["MNISTFLOW_AUTH_CACHE_SECONDS"] = "0"
                 url, password = server.start(started, "127.0.0.1", free_port()), server.admin_password(started)
+                os.environ.pop("MNISTFLOW_AUTH_CACHE_SECONDS", None)
             env.update(MLFLOW_TRACKING_URI=url, MLFLOW_TRACKING_USERNAME=server.ADMIN, MLFLOW_TRACKING_PASSWORD=password)
+        saved = dict(os.environ)
         try:
             results.append(load(store, home / store, mirror, args.exps, args.jobs, env))
         finally:
             os.chdir(ROOT)
+            os.environ.clear()
+            os.environ.update(saved)
             if started:
                 server.stop(started)
     print(f"{args.exps} experiments ({MODEL}, {EPOCHS} epochs on tiny data), `dvc queue start -j {args.jobs}`:")

@@ -7,7 +7,8 @@ served through the server.
 
 The admin password comes from MNISTFLOW_ADMIN_PASSWORD, else from <dir>/admin-password, which
 `start` generates (mode 600) the first time; there is no default. Artifacts go to
-<dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). PostgreSQL listens on a Unix socket
+<dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). A checked password is cached for
+MNISTFLOW_AUTH_CACHE_SECONDS (60; 0: MLflow's default, a hash check per request). PostgreSQL listens on a Unix socket
 in <dir>/run only (no TCP), reachable by its owner alone.
 """
 from __future__ import annotations
@@ -103,7 +104,10 @@ def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = postgresql+psycopg://mlflow@/mlflow_auth?host={run}\n"
                 f"admin_username = {ADMIN}\nadmin_password = {admin_password(folder)}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                # A password check is a deliberately slow hash (scrypt, ~0.1 s of CPU): off, every
+                # request pays it. Cached, a changed password reaches the other worker within the TTL.
+                f"auth_cache_ttl_seconds = {os.environ.get('MNISTFLOW_AUTH_CACHE_SECONDS', '60')}\n")
     artifacts = os.environ.get("MNISTFLOW_ARTIFACTS") or str(folder / "artifacts")
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_DISABLE_TELEMETRY": "true",
            # the UI's CSRF protection signs with it: the same across restarts
