@@ -120,7 +120,8 @@ def load(store: str, clone: Path, mirror: Path, exps: int, jobs: int, env: dict)
     seconds = time.monotonic() - start
     probe.stop()
     complete, problems = check(names, failed)
-    p50, p95 = (statistics.quantiles(probe.latencies, n=20)[i] * 1000 for i in (9, 18))
+    twentieths = statistics.quantiles(probe.latencies, n=20)  # [9]: the median, [18]: the 95th percentile
+    p50, p95 = twentieths[9] * 1000, twentieths[18] * 1000
     return {"store": store, "experiments": exps, "jobs": jobs, "complete": complete, "problems": problems,
             "seconds": round(seconds, 1), "log_batch_calls": len(probe.latencies), "log_batch_errors": probe.errors,
             "log_batch_p50_ms": round(p50, 1), "log_batch_p95_ms": round(p95, 1),

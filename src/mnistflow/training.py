@@ -171,14 +171,15 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     model_cfg = cfg.model(name)
     amp = cfg.train.amp and device.type == "cuda"
     params = {**cfg.run_params(name), "world_size": world.size}
-    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
-    resume = distributed.from_main(checkpoint.load() if cfg.train.resume and world.main else None, world)
-    if not world.main:  # rank 0 alone writes outputs, checkpoints and the MLflow run
+    if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
+        resume = distributed.from_main(None, world)
         try:
             return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
                        world=world)
         except TrainingDiverged:  # rank 0 stops at the same batch: it reports it and fails the run
             return []
+    checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
+    resume = distributed.from_main(checkpoint.load() if cfg.train.resume else None, world)
     with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
                               run_id=resume and resume["run_id"], view_sets=["test", *cfg.preprocess.variants]) as run:
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
