@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from mnistflow.errors import DataError
 
 
@@ -69,6 +67,8 @@ def write_figure(path: str | Path, fig, dpi: int = 100) -> None:
 def save_torch(path: str | Path, obj) -> None:
     # Through a buffer: torch.save names the archive inside after the file it writes,
     # and a random temporary name would make identical tensors differ byte for byte.
+    import torch  # here: the download stage needs no torch (~1 s to import)
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes(path, buf.getvalue())
@@ -76,6 +76,8 @@ def save_torch(path: str | Path, obj) -> None:
 
 def load_torch(path: str | Path):
     """Load tensors only: `weights_only=True` refuses pickles that would run code."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

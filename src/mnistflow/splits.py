@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from mnistflow import cifar
 from mnistflow.config import VariantConfig
@@ -82,6 +81,7 @@ def make_variant(test: Split, name: str, variant: VariantConfig, seed: int) -> S
     tops = torch.randint(0, height - crop + 1, (len(test),), generator=gen)
     lefts = torch.randint(0, width - crop + 1, (len(test),), generator=gen)
     crops = crop_windows(test.images, tops, lefts, crop)
+    from torchvision.transforms.v2 import functional as TF  # here: torchvision costs every other stage ~1 s to import
     images = TF.resize(crops, [height, width], antialias=True)
     return Split(images.contiguous(), test.labels.clone())
 
