@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from mnistflow.device import autocast, select_device, set_determinism
+from mnistflow import device
+from mnistflow.device import autocast, cpu_has_bf16, fast_layout, select_device, set_determinism, uses_bf16
+from mnistflow.models import create_model
 from mnistflow.errors import ConfigError
 
 
@@ -18,9 +20,40 @@ def test_asking_for_absent_cuda_is_a_clear_error():
         select_device("cuda")
 
 
-def test_autocast_is_a_no_op_on_the_cpu():
-    with autocast(torch.device("cpu"), enabled=True):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+@pytest.mark.parametrize("has_bf16", [True, False])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_amp_runs_bf16_on_a_cpu_only_where_it_has_bf16_units(monkeypatch, has_bf16, enabled):
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, enabled) == (has_bf16 and enabled)
+    with autocast(cpu, enabled):
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == (torch.bfloat16 if has_bf16 and enabled else torch.float32)
+    assert not uses_bf16(torch.device("meta"), enabled)  # neither CPU nor CUDA: fp32
+
+
+@pytest.mark.parametrize("features, expected", [
+    ("flags\t\t: fpu sse2 avx2 fma avx512f avx512bw amx_bf16 amx_tile", True),  # Intel with AMX
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),       # AMD Zen 4
+    ("flags\t\t: fpu sse2 avx2 fma avx512f avx512bw", False),                   # AVX-512 without bf16
+    ("flags\t\t: fpu sse2 avx2 fma", False),
+    ("Features\t: fp asimd sve bf16 i8mm", True),                               # Arm
+])
+def test_bf16_units_are_read_from_the_cpus_features(tmp_path, features, expected):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\n{features}\n\n")
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is expected
+    assert cpu_has_bf16(tmp_path / "absent") is False
+
+
+def test_fast_layout_makes_conv_weights_channels_last_and_changes_no_output():
+    torch.manual_seed(0)
+    plain = create_model("cnn").eval()
+    fast = fast_layout(create_model("cnn")).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert fast.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.conv2.weight.is_contiguous() and fast.fc1.weight.is_contiguous()
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(fast(x), plain(x))
 
 
 def test_determinism_seeds_and_sets_flags():
@@ -30,3 +63,8 @@ def test_determinism_seeds_and_sets_flags():
     set_determinism(3, False)
     assert torch.equal(a, torch.rand(3))
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_freed_memory_is_kept_where_malloc_is_glibcs():
+    import platform
+    assert device.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")

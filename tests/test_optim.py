@@ -26,6 +26,7 @@ def test_every_optimizer_is_built_with_the_config_and_reduces_a_loss(name):
     assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["weight_decay"] == 0.01
     if name in ("sgd", "rmsprop"):
         assert opt.param_groups[0]["momentum"] == 0.9
+    assert bool(opt.defaults.get("fused")) == (name in ("sgd", "adam"))  # one kernel per step
     before = (w ** 2).sum().item()
     for _ in range(20):
         opt.zero_grad()

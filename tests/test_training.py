@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mnistflow.config import ModelConfig
+from mnistflow.device import fast_layout
 from mnistflow.inference import Normalizer
 from mnistflow.models import create_model
 from mnistflow.splits import Split
@@ -23,9 +24,9 @@ def split(n: int, seed: int) -> Split:
                  torch.randint(0, 10, (n,), generator=gen))
 
 
-def train(resume=None, kill_after=None, states=None):
+def train(resume=None, kill_after=None, states=None, amp=True):
     torch.manual_seed(0)
-    model = create_model("cnn")
+    model = fast_layout(create_model("cnn"))  # as the train stage: channels-last, bf16 where the CPU has it
 
     def save_state(state):  # through bytes, as the checkpoint file is: no live references
         buf = io.BytesIO()
@@ -35,7 +36,8 @@ def train(resume=None, kill_after=None, states=None):
         if state["epoch"] == kill_after:
             raise KeyboardInterrupt("killed")  # as SIGTERM is, once the checkpoint is written
 
-    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, resume=resume, save_state=save_state)
+    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, amp=amp, resume=resume,
+                  save_state=save_state)
     return model, history
 
 

@@ -128,7 +128,7 @@ class TrainConfig(Section):
     """The fixed keys; `_config_class` adds an optional `ModelConfig` per registered model."""
     # the models the pipeline trains, from a YAML list (strict mode would take only a tuple)
     models: Annotated[tuple[str, ...], ONCE] = Field(min_length=1, strict=False)
-    amp: bool  # mixed precision on CUDA
+    amp: bool  # bf16 autocast where the device has bf16 units (device.uses_bf16)
     deterministic: bool
     resume: bool  # continue from the last epoch checkpoint after a kill
     nproc: int = Field(1, ge=1, le=1024)  # data-parallel processes under torchrun (1: none)

@@ -9,6 +9,9 @@ from mnistflow.config import ModelConfig
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta,
               "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
 WITH_MOMENTUM = {"sgd", "rmsprop"}
+# One fused kernel per step instead of several per tensor (Adam's default path on the CPU takes
+# longer than an mlp's forward and backward together).
+FUSED = {"sgd", "adam"}
 # The config's scheduler settings are these classes' own keyword arguments.
 SCHEDULERS = {"step": lr_scheduler.StepLR, "multistep": lr_scheduler.MultiStepLR,
               "exponential": lr_scheduler.ExponentialLR, "cosine": lr_scheduler.CosineAnnealingLR,
@@ -16,8 +19,11 @@ SCHEDULERS = {"step": lr_scheduler.StepLR, "multistep": lr_scheduler.MultiStepLR
 
 
 def build_optimizer(params, cfg: ModelConfig) -> torch.optim.Optimizer:
-    momentum = {"momentum": cfg.momentum} if cfg.optimizer in WITH_MOMENTUM else {}
-    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay, **momentum)
+    params = list(params)
+    extra = {"momentum": cfg.momentum} if cfg.optimizer in WITH_MOMENTUM else {}
+    if cfg.optimizer in FUSED and params and params[0].device.type in ("cpu", "cuda"):
+        extra["fused"] = True
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelConfig):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mnistflow import distributed, lineage, tracking
 from mnistflow.config import Config, ModelConfig
 from mnistflow.datasets import DATASETS
-from mnistflow.device import autocast, select_device, set_determinism
+from mnistflow.device import autocast, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.errors import MnistflowError
 from mnistflow.inference import Normalizer, predict
 from mnistflow.io import load_torch, save_torch, write_csv, write_json
@@ -167,10 +167,10 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     train = load_split(data_dir / "train.pt", shape).to(device)
     val = load_split(data_dir / "val.pt", shape).to(device)
     norm = Normalizer(**read_stats(data_dir))
-    model = create_model(name, shape).to(device)
+    model = fast_layout(create_model(name, shape)).to(device)
     model_cfg = cfg.model(name)
-    amp = cfg.train.amp and device.type == "cuda"
-    params = {**cfg.run_params(name), "world_size": world.size}
+    amp = uses_bf16(device, cfg.train.amp)
+    params = {**cfg.run_params(name), "world_size": world.size, "precision": "bf16" if amp else "fp32"}
     if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
         resume = distributed.from_main(None, world)
         try:
@@ -191,6 +191,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
                       on_epoch=run.log_epoch, resume=resume,
                       save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}), world=world)
+        model.to(memory_format=torch.contiguous_format)  # the saved and logged weights: the usual layout
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         last = history[-1]
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
