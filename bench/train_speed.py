@@ -3,6 +3,10 @@ project's loop on the same model (the default cnn), data, optimizer and batch si
 repeats of one epoch each (training passes only); then the time to accuracy, the seconds of
 training passes until the default cnn first reaches 92.0% validation accuracy.
 
+The project's loop runs as the train stage does (bf16 autocast where the device has bf16 units,
+channels-last conv weights); the row "project, fp32 NCHW" is the same loop without both, to show
+what they bring. On CUDA two more rows: deterministic kernels off, and torch.compile.
+
     make bench            # or: PYTHONPATH=src python bench/train_speed.py [--repeats 3] [--no-tta]
 
 Needs the default pipeline's data (`dvc repro preprocess`, which `make bench` runs first).
@@ -24,7 +28,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mnistflow.config import load_config  # noqa: E402
-from mnistflow.device import autocast, select_device, set_determinism  # noqa: E402
+from mnistflow.device import autocast, fast_layout, select_device, set_determinism, uses_bf16  # noqa: E402
 from mnistflow.inference import Normalizer  # noqa: E402
 from mnistflow.models import create_model, model_names  # noqa: E402
 from mnistflow.optim import build_optimizer  # noqa: E402
@@ -61,10 +65,16 @@ def textbook_epoch(cfg, device, stats, amp: bool) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def project_epoch(cfg, device, train, val, norm, amp: bool) -> float:
+def project_epoch(cfg, device, train, val, norm, amp: bool, fast: bool = True, deterministic: bool = True,
+                  compile: bool = False) -> float:
     """The project's `fit` for one epoch: images per second of its training pass."""
-    model = create_model(MODEL).to(device)
-    (result,) = fit(model, train, val, cfg.model(MODEL).model_copy(update={"epochs": 1}), norm, seed=cfg.seed, amp=amp)
+    set_determinism(cfg.seed, deterministic)
+    model = (fast_layout(create_model(MODEL)) if fast else create_model(MODEL)).to(device)
+    if compile:
+        model = torch.compile(model)  # its compile time falls in the first repeat
+    (result,) = fit(model, train, val, cfg.model(MODEL).model_copy(update={"epochs": 1}), norm, seed=cfg.seed,
+                    amp=amp and fast)
+    set_determinism(cfg.seed, cfg.train.deterministic)
     return result.images_per_second
 
 
@@ -83,7 +93,7 @@ def time_to_accuracy(cfg, device, train, val, norm, amp: bool) -> tuple[int, flo
 
     set_determinism(cfg.seed, cfg.train.deterministic)
     try:
-        fit(create_model(MODEL).to(device), train, val, cfg.model(MODEL), norm, seed=cfg.seed, amp=amp,
+        fit(fast_layout(create_model(MODEL)).to(device), train, val, cfg.model(MODEL), norm, seed=cfg.seed, amp=amp,
             on_epoch=on_epoch)
     except _Reached:
         return len(seconds), sum(seconds)
@@ -97,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config("params.yaml", model_names())
     device = select_device(cfg.device)
-    amp = cfg.train.amp and device.type == "cuda"
+    amp = uses_bf16(device, cfg.train.amp)
     set_determinism(cfg.seed, cfg.train.deterministic)
     stats = read_stats(DATA)
     train, val = (load_split(DATA / f"{s}.pt").to(device) for s in ("train", "val"))
@@ -105,11 +115,18 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name() or cpu
     print(f"machine: {name}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}, "
-          f"amp {amp}, model {MODEL}, batch {cfg.model(MODEL).batch_size}")
-    rates = {"textbook": [], "project": []}
-    for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both alike
-        rates["textbook"].append(textbook_epoch(cfg, device, stats, amp))
-        rates["project"].append(project_epoch(cfg, device, train, val, norm, amp))
+          f"precision {'bf16' if amp else 'fp32'} (the textbook loop: fp32), model {MODEL}, batch {cfg.model(MODEL).batch_size}")
+    loops = {"textbook": lambda: textbook_epoch(cfg, device, stats, amp=False),  # the tutorial's: fp32
+             "project": lambda: project_epoch(cfg, device, train, val, norm, amp),
+             "project, fp32 NCHW": lambda: project_epoch(cfg, device, train, val, norm, amp, fast=False)}
+    if device.type == "cuda":
+        loops["project, deterministic off"] = lambda: project_epoch(cfg, device, train, val, norm, amp,
+                                                                    deterministic=False)
+        loops["project, torch.compile"] = lambda: project_epoch(cfg, device, train, val, norm, amp, compile=True)
+    rates = {loop: [] for loop in loops}
+    for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits all alike
+        for loop, run in loops.items():
+            rates[loop].append(run())
     print("| loop | " + " | ".join(f"repeat {i + 1}" for i in range(args.repeats)) + " | median img/s |")
     print("|---|" + "---|" * (args.repeats + 1))
     for loop, values in rates.items():
