@@ -25,6 +25,8 @@ def dvc(project, *args, check=True):
 def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, tiny_mirror):
     project = make_project(tmp_path / "project", tiny_mirror, mlp={"epochs": 3})
     set_params(project, "train.models", ["mlp"])
+    # fp32: bf16 rounds a half batch's products otherwise than a whole one's (by far more than 1e-4)
+    set_params(project, "train.amp", False)
     dvc(project, "repro")
     single = json.loads((project / "reports/train/mlp.json").read_text())
     single_weights = torch.load(project / "models/mlp.pt", weights_only=True)
