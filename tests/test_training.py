@@ -24,7 +24,7 @@ def split(n: int, seed: int) -> Split:
                  torch.randint(0, 10, (n,), generator=gen))
 
 
-def train(resume=None, kill_after=None, states=None, amp=True):
+def train(resume=None, kill_after=None, states=None):
     torch.manual_seed(0)
     model = fast_layout(create_model("cnn"))  # as the train stage: channels-last, bf16 where the CPU has it
 
@@ -36,7 +36,7 @@ def train(resume=None, kill_after=None, states=None, amp=True):
         if state["epoch"] == kill_after:
             raise KeyboardInterrupt("killed")  # as SIGTERM is, once the checkpoint is written
 
-    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, amp=amp, resume=resume,
+    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, amp=True, resume=resume,
                   save_state=save_state)
     return model, history
 
