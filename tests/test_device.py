@@ -1,3 +1,9 @@
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,6 +11,8 @@ from mnistflow import device
 from mnistflow.device import autocast, cpu_has_bf16, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.models import create_model
 from mnistflow.errors import ConfigError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_auto_prefers_cuda_then_mps_then_cpu():
@@ -60,11 +68,30 @@ def test_determinism_seeds_and_sets_flags():
     set_determinism(3, True)
     a = torch.rand(3)
     assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN fill of new tensors
     set_determinism(3, False)
     assert torch.equal(a, torch.rand(3))
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_freed_memory_is_kept_where_malloc_is_glibcs():
-    import platform
-    assert device.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+FREED_BYTES = """
+import ctypes, sys
+from mnistflow.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
+block = libc.malloc(16 << 20)
+libc.free(block)
+print(libc.mallinfo2().fordblks)  # bytes free but still held by the process
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_memory_is_kept_for_the_next_batch():
+    held = {mode: int(subprocess.run([sys.executable, "-c", FREED_BYTES, mode], capture_output=True, text=True,
+                                     check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)}).stdout)
+            for mode in ("default", "keep")}
+    assert held["keep"] >= 16 << 20 > held["default"]  # by default a 16 MiB block goes back to the OS

@@ -39,7 +39,7 @@ def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, tiny_m
     assert len(runs) == 2  # one run for the two processes
     ddp = runs[-1]
     assert ddp.info.status == "FINISHED" and ddp.data.params["world_size"] == "2"
-    assert runs[0].data.params["world_size"] == "1"
+    assert runs[0].data.params["world_size"] == "1" and runs[0].data.params["precision"] == "fp32"
     assert ddp.data.tags["model_md5"] == file_md5(project / "models/mlp.pt")
     two = json.loads((project / "reports/train/mlp.json").read_text())
     assert abs(two["val_acc"] - single["val_acc"]) <= TOLERANCE
