@@ -1,0 +1,108 @@
+"""What each CPU speed lever of the training loop brings, measured on this machine, each against
+its own absence in the same run (alternating, median of --repeats):
+
+- malloc: one cnn epoch in a fresh process with glibc's malloc keeping freed memory
+  (`device.keep_freed_memory`) against the default, which hands it back after every batch;
+- NaN fill: one cnn epoch with deterministic mode's NaN fill of new tensors off and on;
+- fused Adam: one optimizer step on the mlp's parameters, fused against the default;
+- evaluation: the cnn's fp32 inference on the validation set, channels-last in batches of 256
+  against NCHW in batches of 1000.
+
+    PYTHONPATH=src .venv/bin/python bench/levers.py [--repeats 3]    (after `dvc repro preprocess`)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from mnistflow.config import load_config  # noqa: E402
+from mnistflow.device import fast_layout, keep_freed_memory, set_determinism, uses_bf16  # noqa: E402
+from mnistflow.inference import Normalizer  # noqa: E402
+from mnistflow.models import create_model, model_names  # noqa: E402
+from mnistflow.splits import load_split, read_stats  # noqa: E402
+from mnistflow.training import fit  # noqa: E402
+
+DATA = Path("data/processed")
+CPU = torch.device("cpu")
+
+
+def cnn_epoch_seconds(fill: bool = False) -> float:
+    """One epoch of the default cnn as the train stage runs it on the CPU: seconds of its training pass."""
+    cfg = load_config("params.yaml", model_names())
+    set_determinism(cfg.seed, True)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+    train, val = (load_split(DATA / f"{s}.pt") for s in ("train", "val"))
+    (result,) = fit(fast_layout(create_model("cnn")), train, val, cfg.model("cnn").model_copy(update={"epochs": 1}),
+                    Normalizer(**read_stats(DATA)), seed=cfg.seed, amp=uses_bf16(CPU, cfg.train.amp))
+    return result.seconds
+
+
+def in_fresh_process(keep: bool) -> float:
+    """The cnn epoch in a new Python: malloc's setting holds for a whole process."""
+    code = (f"import sys; sys.argv = ['levers']; sys.path.insert(0, 'bench'); import levers; "
+            f"keep = {keep} and levers.keep_freed_memory(); print(levers.cnn_epoch_seconds())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": "src"})
+    return float(out.stdout.split()[-1])
+
+
+def adam_step_seconds(fused: bool) -> float:
+    model = create_model("mlp")
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    for _ in range(5):
+        optimizer.step()
+    start = time.perf_counter()
+    for _ in range(200):
+        optimizer.step()
+    return (time.perf_counter() - start) / 200
+
+
+@torch.inference_mode()
+def inference_seconds(channels_last: bool, batch: int) -> float:
+    val = load_split(DATA / "val.pt")
+    norm = Normalizer(**read_stats(DATA))
+    model = create_model("cnn").eval()
+    model = fast_layout(model) if channels_last else model
+    model(norm(val.images[:batch]))  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(val), batch):
+        model(norm(val.images[i:i + batch]))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    levers = {  # name: (unit, the project's way, the way without it)
+        "malloc keeps freed memory (cnn epoch)": ("s", lambda: in_fresh_process(True),
+                                                  lambda: in_fresh_process(False)),
+        "no NaN fill (cnn epoch)": ("s", lambda: cnn_epoch_seconds(fill=False), lambda: cnn_epoch_seconds(fill=True)),
+        "fused Adam (mlp step)": ("ms", lambda: 1e3 * adam_step_seconds(True), lambda: 1e3 * adam_step_seconds(False)),
+        "eval channels-last, batch 256 (cnn, val set)": ("s", lambda: inference_seconds(True, 256),
+                                                         lambda: inference_seconds(False, 1000)),
+    }
+    keep_freed_memory()  # as the stages run (the malloc lever runs in processes of its own)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu bf16 units: {uses_bf16(CPU, True)}")
+    print("| lever | with | without | without / with |\n|---|---|---|---|")
+    for name, (unit, with_it, without) in levers.items():
+        times = {"with": [], "without": []}
+        for _ in range(args.repeats):  # alternating: drift hits both alike
+            times["with"].append(with_it())
+            times["without"].append(without())
+        w, wo = statistics.median(times["with"]), statistics.median(times["without"])
+        print(f"| {name} | {w:.3g} {unit} | {wo:.3g} {unit} | {wo / w:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
