@@ -47,13 +47,15 @@ $(PLOTS_PAGE): src/mnistflow/plotpage.py | $(VENV)/.installed
 	PYTHONPATH=src $(BIN)/python -m mnistflow.plotpage .plots/node_modules $@
 
 # What some tests drive: headless Chromium (report page, MLflow UI, DVC plots), an OpenSSH
-# server (the SSH remote) and PostgreSQL (the team server). Installed only where we are root with
-# apt-get; elsewhere those tests say why they are skipped.
+# server (the SSH remote), PostgreSQL (the team server) and qemu-user (other CPUs, emulated, for
+# portable numerics). Installed only where we are root with apt-get; elsewhere those tests say
+# why they are skipped.
 test-tools:
 	@missing="$$(echo $$(command -v chromium >/dev/null || echo chromium) $$(test -x /usr/sbin/sshd || echo openssh-server) \
-		$$(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql))"; \
+		$$(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql) \
+		$$(command -v qemu-x86_64 >/dev/null || echo qemu-user))"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing $$missing (for the browser, SSH-remote and team-server tests)"; \
+		echo "installing $$missing (for the browser, SSH-remote, team-server and other-CPU tests)"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 			|| echo "could not install $$missing: the tests that need it will be skipped"; \
 	fi
@@ -87,11 +89,11 @@ mnist-tutorial: setup
 	-@$(BIN)/dvc exp remove -q mnist-tutorial 2>/dev/null  # run again: it replaces the last one
 	$(BIN)/dvc exp run --temp -n mnist-tutorial -S data.dataset=mnist -S data.mirror=$(abspath $(MNIST_DIR)) $(TUTORIAL_MLP)
 
-# Training speed: the tutorial's textbook loop against the project's on the default cnn, and the
-# time to 92% validation accuracy (bench/train_speed.py; README "Benchmarks").
+# Training speed: the tutorial's textbook loop against the project's on the default cnn, in both
+# numerics modes (bench/train_speed.py; docs/benchmarks.md).
 bench: setup
 	$(BIN)/dvc repro preprocess
-	PYTHONPATH=src $(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py
 
 # Eight queued experiments on four workers against the team server and against sqlite, on tiny
 # data in a clone of HEAD: runs complete, errors, log_batch latency (the README's load table).

@@ -1,6 +1,9 @@
-"""What each CPU speed lever of the training loop brings, measured on this machine, each against
-its own absence in the same run (alternating, median of --repeats):
+"""What each CPU speed lever of the training loop brings, measured on this machine with the
+params' numerics (portable by default), each against its own absence in the same run
+(alternating, median of --repeats):
 
+- oneDNN: one cnn epoch in a fresh process with oneDNN (capped at AVX2 in portable mode) and
+  channels-last weights, against ATen's own convolutions (oneDNN off, NCHW);
 - malloc: one cnn epoch in a fresh process with glibc's malloc keeping freed memory
   (`device.keep_freed_memory`) against the default, which hands it back after every batch;
 - NaN fill: one cnn epoch with deterministic mode's NaN fill of new tensors off and on;
@@ -8,7 +11,7 @@ its own absence in the same run (alternating, median of --repeats):
 - evaluation: the cnn's fp32 inference on the validation set, channels-last in batches of 256
   against NCHW in batches of 1000.
 
-    PYTHONPATH=src .venv/bin/python bench/levers.py [--repeats 3]    (after `dvc repro preprocess`)
+    .venv/bin/python bench/levers.py [--repeats 3]    (after `dvc repro preprocess`)
 """
 from __future__ import annotations
 
@@ -20,11 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mnistflow.config import load_config  # noqa: E402
-from mnistflow.device import fast_layout, keep_freed_memory, set_determinism, uses_bf16  # noqa: E402
+from mnistflow.numerics import pin  # noqa: E402
+
+NUMERICS = load_config().numerics
+pin(NUMERICS.mode, NUMERICS.threads)  # before torch loads, as in every stage
+import torch  # noqa: E402
+
+from mnistflow.device import configure, fast_layout, keep_freed_memory, set_determinism, uses_bf16  # noqa: E402
 from mnistflow.inference import Normalizer  # noqa: E402
 from mnistflow.models import create_model, model_names  # noqa: E402
 from mnistflow.splits import load_split, read_stats  # noqa: E402
@@ -34,21 +41,25 @@ DATA = Path("data/processed")
 CPU = torch.device("cpu")
 
 
-def cnn_epoch_seconds(fill: bool = False) -> float:
+def cnn_epoch_seconds(fill: bool = False, onednn: bool = True) -> float:
     """One epoch of the default cnn as the train stage runs it on the CPU: seconds of its training pass."""
     cfg = load_config("params.yaml", model_names())
+    configure(cfg.numerics.mode, cfg.numerics.threads)
+    torch.backends.mkldnn.enabled = onednn
     set_determinism(cfg.seed, True)
     torch.utils.deterministic.fill_uninitialized_memory = fill
     train, val = (load_split(DATA / f"{s}.pt") for s in ("train", "val"))
-    (result,) = fit(fast_layout(create_model("cnn")), train, val, cfg.model("cnn").model_copy(update={"epochs": 1}),
-                    Normalizer(**read_stats(DATA)), seed=cfg.seed, amp=uses_bf16(CPU, cfg.train.amp))
+    model = fast_layout(create_model("cnn")) if onednn else create_model("cnn")
+    (result,) = fit(model, train, val, cfg.model("cnn").model_copy(update={"epochs": 1}),
+                    Normalizer(**read_stats(DATA)), seed=cfg.seed,
+                    amp=uses_bf16(CPU, cfg.train.amp, cfg.numerics.mode))
     return result.seconds
 
 
-def in_fresh_process(keep: bool) -> float:
-    """The cnn epoch in a new Python: malloc's setting holds for a whole process."""
+def in_fresh_process(keep: bool = True, onednn: bool = True) -> float:
+    """The cnn epoch in a new Python: malloc's setting and oneDNN's kernels hold for a whole process."""
     code = (f"import sys; sys.argv = ['levers']; sys.path.insert(0, 'bench'); import levers; "
-            f"keep = {keep} and levers.keep_freed_memory(); print(levers.cnn_epoch_seconds())")
+            f"keep = {keep} and levers.keep_freed_memory(); print(levers.cnn_epoch_seconds(onednn={onednn}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": "src"})
     return float(out.stdout.split()[-1])
@@ -85,6 +96,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     levers = {  # name: (unit, the project's way, the way without it)
+        "oneDNN and channels-last, not ATen's convolutions (cnn epoch)": (
+            "s", lambda: in_fresh_process(onednn=True), lambda: in_fresh_process(onednn=False)),
         "malloc keeps freed memory (cnn epoch)": ("s", lambda: in_fresh_process(True),
                                                   lambda: in_fresh_process(False)),
         "no NaN fill (cnn epoch)": ("s", lambda: cnn_epoch_seconds(fill=False), lambda: cnn_epoch_seconds(fill=True)),
@@ -93,7 +106,10 @@ def main() -> None:
                                                          lambda: inference_seconds(False, 1000)),
     }
     keep_freed_memory()  # as the stages run (the malloc lever runs in processes of its own)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu bf16 units: {uses_bf16(CPU, True)}")
+    configure(NUMERICS.mode, NUMERICS.threads)
+    print(f"torch {torch.__version__}, numerics {NUMERICS.mode}, {torch.get_num_threads()} threads, kernels "
+          f"{torch.backends.cpu.get_cpu_capability()}, MKL {os.environ.get('MKL_CBWR', 'auto')}, "
+          f"bf16: {uses_bf16(CPU, True, NUMERICS.mode)}")
     print("| lever | with | without | without / with |\n|---|---|---|---|")
     for name, (unit, with_it, without) in levers.items():
         times = {"with": [], "without": []}

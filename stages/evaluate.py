@@ -7,14 +7,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in 
 
 from mnistflow.config import load_config  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.models import model_names  # noqa: E402
-from mnistflow.evaluation import evaluate_model  # noqa: E402
+from mnistflow.numerics import pin  # noqa: E402
 
 
 def main() -> None:
-    model, weights, data_dir, metrics, detail, per_class, confusion_dir = sys.argv[1:]
-    evaluate_model(load_config("params.yaml", model_names()), model, Path(weights), Path(data_dir), Path(metrics), Path(detail),
-                   Path(per_class), Path(confusion_dir))
+    model, weights, data_dir, metrics, detail, per_class, confusion_dir = map(Path, sys.argv[1:])
+    cfg = load_config()
+    pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
+    from mnistflow.evaluation import evaluate_model
+
+    evaluate_model(cfg, str(model), weights, data_dir, metrics, detail, per_class, confusion_dir)
 
 
 if __name__ == "__main__":

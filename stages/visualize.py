@@ -7,14 +7,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in 
 
 from mnistflow.config import load_config  # noqa: E402
 from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.models import model_names  # noqa: E402
-from mnistflow.visualize import visualize  # noqa: E402
+from mnistflow.numerics import pin  # noqa: E402
 
 
 def main() -> None:
     data_dir, models_dir, train_dir, eval_dir, optimizers, figures_dir, index = map(Path, sys.argv[1:])
-    visualize(load_config("params.yaml", model_names()), data_dir, models_dir, train_dir, eval_dir, optimizers,
-              figures_dir, index)
+    cfg = load_config()
+    pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
+    from mnistflow.visualize import visualize
+
+    visualize(cfg, data_dir, models_dir, train_dir, eval_dir, optimizers, figures_dir, index)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,18 @@ def test_asking_for_absent_cuda_is_a_clear_error():
         select_device("cuda")
 
 
+@pytest.mark.parametrize("mode", ["portable", "fast"])
 @pytest.mark.parametrize("has_bf16", [True, False])
 @pytest.mark.parametrize("enabled", [True, False])
-def test_amp_runs_bf16_on_a_cpu_only_where_it_has_bf16_units(monkeypatch, has_bf16, enabled):
+def test_amp_runs_bf16_on_a_cpu_only_in_fast_mode_where_it_has_bf16_units(monkeypatch, has_bf16, enabled, mode):
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
     cpu = torch.device("cpu")
-    assert uses_bf16(cpu, enabled) == (has_bf16 and enabled)
-    with autocast(cpu, enabled):
+    expected = has_bf16 and enabled and mode == "fast"
+    assert uses_bf16(cpu, enabled, mode) == expected
+    with autocast(cpu, uses_bf16(cpu, enabled, mode)):
         product = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert product.dtype == (torch.bfloat16 if has_bf16 and enabled else torch.float32)
-    assert not uses_bf16(torch.device("meta"), enabled)  # neither CPU nor CUDA: fp32
+    assert product.dtype == (torch.bfloat16 if expected else torch.float32)
+    assert not uses_bf16(torch.device("meta"), enabled, mode)  # neither CPU nor CUDA: fp32
 
 
 @pytest.mark.parametrize("features, expected", [

@@ -107,6 +107,9 @@ def test_each_model_has_a_complete_mlflow_run(project):
         assert r.data.params["model"] == model and r.data.params["optimizer"] in ("sgd", "adam")
         assert r.data.params["scheduler"] == "cosine" and "scheduler.eta_min" in r.data.params
         assert r.data.params["dataset"] == "mnist" and r.data.params["seed"] == "0"
+        # what computed it: portable numerics, ATen's AVX2 kernels, MKL's all-x86 branch, 2 threads
+        assert {k: r.data.params[k] for k in ("numerics", "cpu_isa", "mkl_branch", "threads", "precision")} == \
+            {"numerics": "portable", "cpu_isa": "AVX2", "mkl_branch": "COMPATIBLE", "threads": "2", "precision": "fp32"}
         assert not [k for k in r.data.params if k.startswith("train.")]  # no second copy under params.yaml paths
         params_file = mlflow.artifacts.load_text(f"{r.info.artifact_uri}/params.yaml")  # where they come from
         assert yaml.safe_load(params_file)["train"][model]["lr"] == float(r.data.params["lr"])
@@ -350,6 +353,17 @@ def test_dvc_exp_run_temp_lands_in_the_same_store(project):
     assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
     assert latest.info.status == "FINISHED"
     assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
+
+
+def test_fast_numerics_still_train_and_say_so_in_the_run(project):
+    project, _ = project
+    dvc(project, "exp", "run", "--temp", "-S", "numerics.mode=fast", "-S", "train.models=[lenet]", "-n", "fast")
+    fast = runs_of(project)[-1]
+    assert fast.info.run_name == "lenet" and fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
+    from mnistflow.device import cpu_has_bf16
+    assert fast.data.params["numerics"] == "fast" and fast.data.params["mkl_branch"] == "auto"
+    assert fast.data.params["precision"] == ("bf16" if cpu_has_bf16() else "fp32")  # train.amp: bf16 units only
+    assert fast.data.params["cpu_isa"] == torch.backends.cpu.get_cpu_capability()  # the CPU's own choice
 
 
 def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never_change(project):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnistflow.config import ModelConfig
-from mnistflow.device import fast_layout
+from mnistflow.device import fast_layout, uses_bf16
 from mnistflow.inference import Normalizer
 from mnistflow.models import create_model
 from mnistflow.splits import Split
@@ -24,9 +24,12 @@ def split(n: int, seed: int) -> Split:
                  torch.randint(0, 10, (n,), generator=gen))
 
 
-def train(resume=None, kill_after=None, states=None):
+CPU = torch.device("cpu")
+
+
+def train(mode, resume=None, kill_after=None, states=None):
     torch.manual_seed(0)
-    model = fast_layout(create_model("cnn"))  # as the train stage: channels-last, bf16 where the CPU has it
+    model = fast_layout(create_model("cnn"))  # as the train stage: channels-last, bf16 in fast mode where the CPU has it
 
     def save_state(state):  # through bytes, as the checkpoint file is: no live references
         buf = io.BytesIO()
@@ -36,19 +39,20 @@ def train(resume=None, kill_after=None, states=None):
         if state["epoch"] == kill_after:
             raise KeyboardInterrupt("killed")  # as SIGTERM is, once the checkpoint is written
 
-    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, amp=True, resume=resume,
-                  save_state=save_state)
+    history = fit(model, split(64, 1), split(32, 2), CFG, NORM, seed=3, amp=uses_bf16(CPU, True, mode),
+                  resume=resume, save_state=save_state)
     return model, history
 
 
-def test_fit_for_4_epochs_equals_fit_for_2_then_resume_for_2():
-    full, full_history = train()
+@pytest.mark.parametrize("mode", ["portable", "fast"])
+def test_fit_for_4_epochs_equals_fit_for_2_then_resume_for_2(mode):
+    full, full_history = train(mode)
     states = []
     with pytest.raises(KeyboardInterrupt):
-        train(kill_after=2, states=states)
+        train(mode, kill_after=2, states=states)
     state = torch.load(io.BytesIO(states[-1]), weights_only=True)
     assert state["epoch"] == 2 and len(state["history"]) == 2
-    resumed, history = train(resume=state)
+    resumed, history = train(mode, resume=state)
     assert [r.row() for r in history] == [r.row() for r in full_history]
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -134,6 +134,13 @@ class TrainConfig(Section):
     nproc: int = Field(1, ge=1, le=1024)  # data-parallel processes under torchrun (1: none)
 
 
+class NumericsConfig(Section):
+    """How the CPU computes (mnistflow.numerics): portable, the same bytes on every x86-64 CPU with
+    AVX2 and FMA; or fast, this machine's fastest kernels and machine-specific results."""
+    mode: Literal["portable", "fast"]
+    threads: int = Field(ge=1, le=1024)  # CPU threads per stage, shared by train.nproc processes
+
+
 class VisualizeConfig(Section):
     dpi: int = Field(ge=20)  # resolution of the visualize stage's figures
 
@@ -141,6 +148,7 @@ class VisualizeConfig(Section):
 class Config(Section):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"]
+    numerics: NumericsConfig
     data: DataConfig
     preprocess: PreprocessConfig
     train: TrainConfig
@@ -172,7 +180,8 @@ class Config(Section):
         model (one column per setting in the UI): its settings, the data and the seed. Where
         they sit in params.yaml (train.<model>.lr) is in the run's params.yaml artifact."""
         return {"model": name, **self.model(name).flat(), "dataset": self.data.dataset, "val_size": self.data.val_size,
-                "seed": self.seed, "device": self.device, "amp": self.train.amp, "deterministic": self.train.deterministic}
+                "seed": self.seed, "device": self.device, "amp": self.train.amp, "deterministic": self.train.deterministic,
+                "numerics": self.numerics.mode}
 
 
 @functools.cache

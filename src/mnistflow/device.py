@@ -1,4 +1,5 @@
-"""The one place that decides the device, mixed precision and determinism."""
+"""The one place that decides the device, the numerics (with `numerics.pin`, which runs before
+torch loads), mixed precision and determinism."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,10 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mnistflow.errors import ConfigError
+from mnistflow.numerics import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,23 @@ def keep_freed_memory() -> bool:
                 mallopt(mmap_threshold, 32 << 20)])  # 32 MiB: the largest glibc takes
 
 
-def uses_bf16(device: torch.device, enabled: bool) -> bool:
-    """Whether `train.amp` runs bf16 on this device: on CUDA GPUs that support it, and on CPUs
-    with bf16 units (AVX512-BF16, AMX, Arm BF16); elsewhere bf16 is emulated, slower than fp32."""
+def configure(mode: str, threads: int, processes: int = 1) -> None:
+    """This process's torch settings for `numerics.mode`, after `numerics.pin` set the rest: the
+    thread count, and in portable mode no NNPACK (convolutions go to oneDNN, capped at AVX2, or
+    for the smallest to ATen's own GEMM path, on MKL's pinned branch)."""
+    torch.set_num_threads(threads_per_process(threads, processes))
+    torch.backends.nnpack.set_flags(mode != "portable")
+
+
+def uses_bf16(device: torch.device, enabled: bool, mode: str = "fast") -> bool:
+    """Whether `train.amp` runs bf16 on this device: on CUDA GPUs that support it, and with
+    `fast` numerics on CPUs with bf16 units (AVX512-BF16, AMX, Arm BF16); elsewhere bf16 is
+    emulated, slower than fp32, and rounds otherwise on other CPUs."""
     if not enabled:
         return False
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
+    return device.type == "cpu" and mode == "fast" and cpu_has_bf16()
 
 
 @functools.cache
@@ -68,14 +80,15 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(features & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where `uses_bf16` (no loss scaling needed: bf16 has fp32's range); else a no-op."""
-    if uses_bf16(device, enabled):
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast when `bf16` (see `uses_bf16`; no loss scaling needed: bf16 has fp32's range);
+    else a no-op."""
+    if bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+def fast_layout(model: nn.Module) -> nn.Module:
     """Conv weights channels-last: oneDNN's and cuDNN's fast layout (only 4-d weights change)."""
     return model.to(memory_format=torch.channels_last)
 

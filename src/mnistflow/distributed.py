@@ -46,8 +46,6 @@ def run_workers(nproc: int, device: torch.device) -> None:
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError(f"train.nproc: {nproc} processes, one per GPU, but this machine has "
                           f"{torch.cuda.device_count()} GPU(s)")
-    if device.type == "cpu":  # the CPU slots shared out, not every worker on every core
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
     try:
         torchrun.run(torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--local-ranks-filter=0",
                                           *sys.argv]))

@@ -9,7 +9,7 @@ import torch
 from mnistflow import tracking
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
-from mnistflow.device import fast_layout, select_device, set_determinism
+from mnistflow.device import configure, fast_layout, select_device, set_determinism
 from mnistflow.errors import DataError
 from mnistflow.io import load_torch, write_csv, write_json
 from mnistflow.models import create_model
@@ -50,6 +50,7 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path,
     models x sets table), every metric to `detail_path`, per-class accuracy to `per_class_path`,
     a confusion CSV into `confusion_dir`; the same numbers into its MLflow run."""
     device = select_device(cfg.device)
+    configure(cfg.numerics.mode, cfg.numerics.threads)
     set_determinism(cfg.seed, cfg.train.deterministic)
     model = create_model(name, DATASETS[cfg.data.dataset].shape)
     try:

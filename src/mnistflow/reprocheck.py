@@ -1,6 +1,8 @@
 """The CI reproducibility check: the whole pipeline twice, each from an empty DVC cache in a
 fresh clone, on tiny generated data; every output hash in the two dvc.lock files and every
-metric must agree, and each run must leave `dvc status` and `git status` clean.
+metric must agree, and each run must leave `dvc status` and `git status` clean. The second run
+differs in what portable numerics must not depend on: it runs on one CPU core, in an environment
+that asks for other kernels and thread counts (`OTHER_MACHINE`).
 
     python -m mnistflow.reprocheck [--repo .] [--models mlp,cnn] [--keep DIR]
 """
@@ -30,6 +32,11 @@ def shrink(params: dict, mirror: Path, models: list[str] | None = None, epochs: 
     return params
 
 
+# What another machine's shell might hold: numerics pins must win over it.
+OTHER_MACHINE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "default",
+                 "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
 def user_env() -> dict:
     """The environment a user's shell would have: this venv first on PATH, no MLflow or DVC
     overrides inherited from whatever runs us."""
@@ -39,12 +46,16 @@ def user_env() -> dict:
     return env
 
 
-def pipeline_run(repo: Path, clone: Path, mirror: Path, models: list[str] | None) -> tuple[dict, dict]:
-    """Clone, shrink params, commit, `dvc repro`; return the dvc.lock and the metrics."""
-    env = user_env()
+def pipeline_run(repo: Path, clone: Path, mirror: Path, models: list[str] | None,
+                 other_machine: bool = False) -> tuple[dict, dict]:
+    """Clone, shrink params, commit, `dvc repro`; return the dvc.lock and the metrics.
+    `other_machine`: on one CPU core, in the OTHER_MACHINE environment."""
+    env = {**user_env(), **(OTHER_MACHINE if other_machine else {})}
+    one_core = min(os.sched_getaffinity(0))
 
     def sh(*args: str) -> str:
-        proc = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True)
+        proc = subprocess.run(args, cwd=clone, env=env, capture_output=True, text=True,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, {one_core})) if other_machine else None)
         if proc.returncode != 0:
             raise MnistflowError(f"{' '.join(args)} failed in {clone}:\n{proc.stdout}{proc.stderr}")
         return proc.stdout
@@ -87,13 +98,15 @@ def compare(first: tuple[dict, dict], second: tuple[dict, dict]) -> list[str]:
 
 def check(repo: Path, workdir: Path, models: list[str] | None = None) -> int:
     mirror = write_idx(workdir / "mirror")
-    runs = [pipeline_run(repo, workdir / name, mirror, models) for name in ("first", "second")]
+    runs = [pipeline_run(repo, workdir / name, mirror, models, other_machine=name == "second")
+            for name in ("first", "second")]
     diffs = compare(*runs)
     if diffs:
         print("NOT reproducible: outputs differ between two clean runs:\n  " + "\n  ".join(diffs))
         return 1
-    print(f"reproducible: {len(output_hashes(runs[0][0]))} outputs and every metric identical "
-          "across two clean runs; dvc status and git status clean after each")
+    print(f"reproducible: {len(output_hashes(runs[0][0]))} outputs and every metric identical across two clean "
+          f"runs, the second on one CPU core with {' '.join(f'{k}={v}' for k, v in OTHER_MACHINE.items())}; "
+          "dvc status and git status clean after each")
     return 0
 
 

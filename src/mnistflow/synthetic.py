@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 
 
+def band_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n learnable 28x28 uint8 images and their labels: class k lights up a band at row 2k, over noise."""
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k: 6 + 2 * k, 4:24] = 255
+    return images, labels
+
+
 def write_idx(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0, gz: bool = True) -> Path:
-    """Write the four IDX files into `folder`: class k lights up a band at row 2k, over noise."""
+    """Write the four IDX files of `band_images` into `folder`."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        rng.shuffle(labels)
-        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 + 2 * k: 6 + 2 * k, 4:24] = 255
+        images, labels = band_images(n, rng)
         files = {
             f"{prefix}-images-idx3-ubyte": _idx_bytes(2051, images),
             f"{prefix}-labels-idx1-ubyte": _idx_bytes(2049, labels),

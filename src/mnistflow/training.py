@@ -16,10 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mnistflow import distributed, lineage, tracking
+from mnistflow import distributed, lineage, numerics, tracking
 from mnistflow.config import Config, ModelConfig
 from mnistflow.datasets import DATASETS
-from mnistflow.device import autocast, fast_layout, select_device, set_determinism, uses_bf16
+from mnistflow.device import autocast, configure, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.errors import MnistflowError
 from mnistflow.inference import Normalizer, predict
 from mnistflow.io import load_torch, save_torch, write_csv, write_json
@@ -161,6 +161,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     """The train stage for one model: fit, write its outputs, record it all in MLflow."""
     device = select_device(cfg.device)
     world = distributed.start(device)
+    configure(cfg.numerics.mode, cfg.numerics.threads, world.size)
     set_determinism(cfg.seed, cfg.train.deterministic)
     data_dir = Path(data_dir)
     dataset, shape = cfg.data.dataset, DATASETS[cfg.data.dataset].shape
@@ -169,8 +170,9 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     norm = Normalizer(**read_stats(data_dir))
     model = fast_layout(create_model(name, shape)).to(device)
     model_cfg = cfg.model(name)
-    amp = uses_bf16(device, cfg.train.amp)
-    params = {**cfg.run_params(name), "world_size": world.size, "precision": "bf16" if amp else "fp32"}
+    amp = uses_bf16(device, cfg.train.amp, cfg.numerics.mode)
+    params = {**cfg.run_params(name), **numerics.what_ran(), "world_size": world.size,
+              "precision": "bf16" if amp else "fp32"}
     if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
         resume = distributed.from_main(None, world)
         try:

@@ -16,6 +16,7 @@ from torch import nn
 from mnistflow import plots, tracking
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
+from mnistflow.device import configure, fast_layout
 from mnistflow.errors import DataError
 from mnistflow.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
@@ -81,6 +82,7 @@ def read_comparison(path: Path, dataset: str) -> dict | None:
 
 def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, optimizers: Path,
               figures_dir: Path, index_path: Path) -> None:
+    configure(cfg.numerics.mode, cfg.numerics.threads)
     classes, shape = list(DATASETS[cfg.data.dataset].classes), DATASETS[cfg.data.dataset].shape
     norm = Normalizer(**read_stats(data_dir))
     train, test = load_split(data_dir / "train.pt", shape), load_split(data_dir / "test.pt", shape)
@@ -99,7 +101,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     for name in cfg.train.models:
         model = create_model(name, shape)
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
-        model.eval()
+        fast_layout(model).eval()  # the feature maps computed as in evaluation
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
         predicted = read_csv(eval_dir / name / "confusion_test.csv")
         figs = {

@@ -1,0 +1,120 @@
+"""Portable numerics: the same bytes on every x86-64 CPU with AVX2 and FMA. Checked against golden
+md5s (so every CI run checks the baseline on whatever CPU it lands on), under Debian's qemu-user
+as an Intel and an AMD CPU, and with each pin left out in turn (it must then break)."""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from mnistflow import numcheck, numerics
+
+# What `python -m mnistflow.numcheck` prints with portable numerics at 2 threads: the same on this
+# project's AMD EPYC (AVX-512) machine, on Intel Xeon, and under qemu as Haswell-v4 and EPYC-Rome.
+GOLDEN = {
+    "preprocess": "616c9f8bf93cb12ed3318c059418d89f",
+    "mlp": "70f6c74b14b36d826ce3ee8bbbd35732",
+    "mlp evaluation": "2f5588ed20b5ba693d2300c1864006e9",
+    "cnn": "905664ec7ea3d69b46f45223a769357b",
+    "cnn evaluation": "6b2ab86741ec5f16e028eb8d827e91a8",
+    "lenet": "ced5ed7c8ca43c668b67f162d214bc53",
+    "lenet evaluation": "f3ce8d9f65f9704e8da2c36d459e5985",
+}
+portable_cpu = pytest.mark.skipif(not numerics.portable_cpu(), reason="not an x86-64 CPU with AVX2 and FMA")
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
+                                reason="qemu-x86_64 is not installed (make test-tools installs Debian's qemu-user)")
+AVX512 = "avx512f" in open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else False
+
+
+@portable_cpu
+def test_portable_training_and_evaluation_give_the_golden_bytes_on_this_cpu():
+    result = numcheck.run()
+    assert (result["cpu_isa"], result["mkl_branch"], result["threads"]) == ("AVX2", "COMPATIBLE", "2")
+    assert result["md5"] == GOLDEN
+
+
+@pytest.mark.slow
+@needs_qemu
+@pytest.mark.parametrize("cpu", ["Haswell-v4", "EPYC-Rome"])  # an Intel and an AMD CPU with AVX2 and FMA
+def test_an_emulated_intel_and_amd_cpu_give_the_same_bytes(cpu):
+    assert numcheck.run(cpu)["md5"] == GOLDEN
+
+
+# Each pin, left out, on CPUs where it matters: the runs must then differ.
+DROPS = {
+    "MKL_CBWR": ("Haswell-v4", "EPYC-Rome", None),  # MKL's own choice differs between Intel and AMD
+    "threads": ("native", "native", None),  # 1 thread against the golden 2
+    "ATEN_CPU_CAPABILITY": ("native", "Haswell-v4", "AVX-512"),  # ATen's AVX-512 kernels against AVX2
+    "ONEDNN_MAX_CPU_ISA": ("native", "Haswell-v4", "AVX-512"),  # oneDNN's AVX-512 kernels against AVX2
+}
+
+
+@pytest.mark.slow
+@needs_qemu
+@pytest.mark.parametrize("pin", sorted(DROPS))
+def test_leaving_out_any_one_pin_breaks_the_agreement(pin):
+    first, second, needs = DROPS[pin]
+    if needs == "AVX-512" and not AVX512:
+        pytest.skip(f"without {pin} this CPU (no AVX-512) picks AVX2 anyway: nothing to show here")
+    dropped = numcheck.run(first, drop=pin)["md5"]
+    other = GOLDEN if pin == "threads" else numcheck.run(second, drop=pin)["md5"]
+    assert dropped["cnn"] != other["cnn"] or dropped["mlp"] != other["mlp"]
+
+
+def test_pin_sets_the_portable_environment_and_refuses_once_torch_is_loaded():
+    code = ("import os, sys; from mnistflow.numerics import pin; pin(sys.argv[1], 4, 2); "
+            "print(' '.join(os.environ.get(k, '-') for k in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR', "
+            "'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'))); import torch; pin('fast', 2)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ATEN_CPU_CAPABILITY": "avx512"}
+    for mode, expected in (("portable", "avx2 COMPATIBLE AVX2 2 2"), ("fast", "- - - 2 2")):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.stdout.split("\n")[0] == expected  # fast takes PyTorch's own choice, not a leftover pin
+        assert "numerics.pin must run before torch is imported" in proc.stderr
+
+
+def test_threads_are_shared_by_the_processes_of_a_torchrun_world(monkeypatch):
+    assert [numerics.threads_per_process(4, n) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: its world, on one machine or several
+    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if k != "torch"})
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    numerics.pin("portable", 2, processes=1)
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.parametrize("machine, flags, expected", [
+    ("x86_64", "fpu sse2 avx avx2 fma avx512f", True),
+    ("x86_64", "fpu sse2 avx avx2 fma", True),
+    ("x86_64", "fpu sse2 avx", False),  # no AVX2: it runs, and says it will not match
+    ("aarch64", "fp asimd", False),
+])
+def test_a_portable_cpu_is_x86_64_with_avx2_and_fma(monkeypatch, tmp_path, machine, flags, expected):
+    monkeypatch.setattr(numerics.platform, "machine", lambda: machine)
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert numerics.portable_cpu(tmp_path / "cpuinfo") is expected
+
+
+def test_every_stage_that_computes_pins_its_numerics_before_torch_loads():
+    """A stage whose outputs depend on `numerics` calls `pin` first in main, and imports nothing at
+    its top that loads torch (check_params validates every section, and writes only its stamp)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    pinned = {next(w for w in s.get("do", s)["cmd"].split() if w.startswith("stages/"))
+              for name, s in stages.items() if "numerics" in s.get("do", s)["params"] and name != "check_params"}
+    assert pinned == {"stages/preprocess.py", "stages/train.py", "stages/evaluate.py", "stages/visualize.py"}
+    for script in sorted(pinned):
+        tree = ast.parse((ROOT / script).read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        pins = [i for i, n in enumerate(main.body) if any(
+            isinstance(c, ast.Call) and getattr(c.func, "id", None) == "pin" for c in ast.walk(n))]
+        imports = [i for i, n in enumerate(main.body) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert pins and imports and pins[0] < imports[0], script
+        top = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+        probe = subprocess.run([sys.executable, "-c", f"{top}\nimport sys; print('torch' in sys.modules)"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=120,
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert probe.stdout.strip() == "False", (script, probe.stderr)
