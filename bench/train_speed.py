@@ -80,10 +80,10 @@ def textbook_epoch(cfg, device, stats) -> float:
 
 def project_fit(cfg, device, mode: str, epochs: int = 1, deterministic: bool = True, compile: bool = False,
                 on_epoch=lambda r: None) -> list:
-    """The project's `fit` as the train stage runs it (prepared model, bf16 where it applies)."""
+    """The project's `fit` as the train stage runs it (channels-last, bf16 where it applies)."""
     import torch
 
-    from mnistflow.device import prepare, set_determinism, uses_bf16
+    from mnistflow.device import fast_layout, set_determinism, uses_bf16
     from mnistflow.inference import Normalizer
     from mnistflow.models import create_model
     from mnistflow.splits import load_split, read_stats
@@ -91,7 +91,7 @@ def project_fit(cfg, device, mode: str, epochs: int = 1, deterministic: bool = T
 
     set_determinism(cfg.seed, deterministic)
     train, val = (load_split(DATA / f"{s}.pt").to(device) for s in ("train", "val"))
-    model = prepare(create_model(MODEL), device, mode)
+    model = fast_layout(create_model(MODEL)).to(device)
     if compile:
         model = torch.compile(model)  # its compile time falls in the measured epoch
     return fit(model, train, val, cfg.model(MODEL).model_copy(update={"epochs": epochs}), Normalizer(**read_stats(DATA)),
