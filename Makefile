@@ -133,7 +133,7 @@ test-slow: setup test-tools
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not e2e" -n 2
+	$(BIN)/python -m pytest -m "not e2e and not slow" -n 2
 
 # The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
 repro-check: setup

@@ -1,14 +1,13 @@
-"""Each DVC stage's start-up: the seconds a fresh Python takes to run the stage script's imports,
-for this tree against a baseline revision (checked out into a temporary git worktree), alternating,
-median of --repeats.
+"""Each DVC stage's start-up: the seconds a fresh Python takes to run the stage script's imports
+(at its top and in its main, in order), for this tree against a baseline revision (checked out
+into a temporary git worktree), alternating, median of --repeats.
 
-    .venv/bin/python bench/stage_startup.py [--baseline f2848c8] [--repeats 3]
-
-The baseline f2848c8 imports torchmetrics (`pip install torchmetrics==1.9.0` to measure it).
+    .venv/bin/python bench/stage_startup.py [--baseline REV] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import statistics
 import subprocess
@@ -21,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def imports(script: Path) -> str:
-    """The script's top-level import lines: what the stage loads before it does any work."""
-    return "\n".join(line for line in script.read_text().splitlines() if line.startswith(("import ", "from ")))
+    """The script's import statements, at its top and in its functions, in order: what the stage
+    loads before it does any work."""
+    nodes = [n for n in ast.walk(ast.parse(script.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "\n".join(ast.unparse(n) for n in sorted(nodes, key=lambda n: n.lineno))
 
 
 def startup(tree: Path, code: str) -> float:
@@ -34,7 +35,7 @@ def startup(tree: Path, code: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="f2848c8")
+    parser.add_argument("--baseline", default="HEAD")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """DVC stage evaluate@MODEL: WEIGHTS on the test set and every variant -> METRICS (accuracy), DETAIL
-(every metric), PER_CLASS (json), CONFUSION_DIR."""
+(every metric), PER_CLASS (json), RELIABILITY (csv), CONFUSION_DIR."""
 import sys
 from pathlib import Path
 
@@ -11,12 +11,12 @@ from mnistflow.numerics import pin  # noqa: E402
 
 
 def main() -> None:
-    model, weights, data_dir, metrics, detail, per_class, confusion_dir = map(Path, sys.argv[1:])
+    model, weights, data_dir, metrics, detail, per_class, reliability, confusion_dir = map(Path, sys.argv[1:])
     cfg = load_config()
     pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
     from mnistflow.evaluation import evaluate_model
 
-    evaluate_model(cfg, str(model), weights, data_dir, metrics, detail, per_class, confusion_dir)
+    evaluate_model(cfg, str(model), weights, data_dir, metrics, detail, per_class, reliability, confusion_dir)
 
 
 if __name__ == "__main__":

@@ -214,8 +214,14 @@ def test_evaluation_outputs_and_figures(project):
         assert json.loads((project / f"reports/eval/{model}.json").read_text()) == \
             {s: m["acc"] for s, m in report.items()}
         for metrics in report.values():
-            assert set(metrics) == {"loss", "acc", "macro_acc", "macro_f1"}
-            assert 0 <= metrics["acc"] <= 1
+            assert list(metrics) == ["loss", "acc", "macro_acc", "macro_f1", "macro_precision", "macro_recall",
+                                     "top2_acc", "ece", "macro_auroc"]
+            assert 0 <= metrics["acc"] <= metrics["top2_acc"] <= 1 and 0 <= metrics["ece"] <= 1
+            assert metrics["macro_recall"] == metrics["macro_acc"]  # the same quantity, under both names
+        header, *rows = (project / f"reports/eval/{model}.reliability.csv").read_text().splitlines()
+        assert header == "set,low,high,count,confidence,accuracy"
+        assert {r.split(",")[0] for r in rows} == set(report)
+        assert sum(int(r.split(",")[3]) for r in rows if r.startswith("test,")) == 200
         per_class = json.loads((project / f"reports/eval/{model}.per_class.json").read_text())
         assert list(per_class["test"]) == [str(d) for d in range(10)]
         for set_name in report:
@@ -223,7 +229,7 @@ def test_evaluation_outputs_and_figures(project):
             assert header == "actual,predicted" and len(rows) == 200
     assert json.loads((project / "reports/eval/mlp.json").read_text())["test"] > 0.5
     figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
-        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "weights", "mistakes")} | {
+        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "reliability", "weights", "mistakes")} | {
         "feature_maps_cnn.png", "feature_maps_lenet.png"}
     assert {p.name for p in (project / "reports/figures").iterdir()} == figures
     for name in figures:
@@ -243,7 +249,8 @@ def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_
     client = client_for(project)
     for r in runs_of(project):
         metrics = set(r.data.metrics)
-        assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss"} <= metrics
+        assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss", "test_ece", "test_top2_acc",
+                "test_macro_auroc", "test_macro_precision", "test_macro_recall", "crop18_ece"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "confusion_test.png" in artifacts and "figures" not in artifacts
         per_class = json.loads((project / f"reports/eval/{r.info.run_name}.per_class.json").read_text())
@@ -296,6 +303,7 @@ window.addEventListener("load", () => {
   pre.textContent = JSON.stringify({
     images: [...document.images].map(i => [i.getAttribute("src"), i.naturalWidth]),
     rows: document.querySelectorAll("#accuracy tr").length,
+    ece: [...document.querySelectorAll("#ece tr")].map(r => r.innerText),
     models: [...document.querySelectorAll("section[id^=model-]")].map(s => [s.id, s.querySelector(".facts").innerText])});
   document.body.appendChild(pre);
 });
@@ -310,13 +318,15 @@ window.addEventListener("load", () => {
     finally:
         check.unlink()
     result = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
-    assert len(result["images"]) == 14
+    assert len(result["images"]) == 17
     assert [src for src, width in result["images"] if width == 0] == []
     assert result["rows"] == 1 + len(MODELS)
+    assert len(result["ece"]) == 1 + len(MODELS) and result["ece"][0].split() == ["model", "test", "crop22", "crop18"]
+    assert any(src.endswith("/reliability_cnn.png") for src, _ in result["images"])
     assert result["images"][0][0].endswith("/robustness.png")  # the table and the robustness figure first
     assert [m for m, _ in result["models"]] == [f"model-{m}" for m in MODELS]
     for model, facts in result["models"]:
-        for what in ("parameters", "val acc", "test acc", "weights (md5)", "MLflow run"):
+        for what in ("parameters", "val acc", "test acc", "test ECE", "weights (md5)", "MLflow run"):
             assert what in facts, (model, what)
     assert page.count(f"{ui_url()}/#/experiments/") == 2 + len(MODELS)  # the experiment (href, text), each run
     for model in MODELS:  # each run found by its weights' md5, which the page names instead of a run id

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +33,20 @@ def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tenso
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[torch.Tensor, float]:
-    """Predicted classes of a split (on its device) and the mean cross-entropy, in batches."""
+def logits_in_batches(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 logits, labels) of a split (on its device), batch by batch."""
     model.eval()
-    device = split.images.device
-    preds, loss_sum = [], 0.0
     for start in range(0, len(split), EVAL_BATCH):
-        with autocast(device, amp):
+        with autocast(split.images.device, amp):
             logits = model(norm(split.images[start:start + EVAL_BATCH]))
-        loss_sum += F.cross_entropy(logits.float(), split.labels[start:start + EVAL_BATCH], reduction="sum").item()
+        yield logits.float(), split.labels[start:start + EVAL_BATCH]
+
+
+def predict(model: nn.Module, split: Split, norm: Normalizer, amp: bool = False) -> tuple[torch.Tensor, float]:
+    """Predicted classes of a split (on its device) and the mean cross-entropy."""
+    preds, loss_sum = [], 0.0
+    for logits, labels in logits_in_batches(model, split, norm, amp):
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         preds.append(logits.argmax(1))
     return torch.cat(preds), loss_sum / len(split)

@@ -46,8 +46,8 @@ def compute(threads: int) -> dict:
 
     from mnistflow.config import ModelConfig, VariantConfig
     from mnistflow.device import configure, fast_layout, set_determinism
-    from mnistflow.evaluation import classification_metrics
-    from mnistflow.inference import Normalizer, predict
+    from mnistflow.evaluation import evaluate_split
+    from mnistflow.inference import Normalizer
     from mnistflow.models import create_model
     from mnistflow.numerics import what_ran
     from mnistflow.splits import Split, make_variant, pixel_stats, split_train_val
@@ -71,8 +71,8 @@ def compute(threads: int) -> dict:
         history = fit(model, train, val, cfg, norm, seed=0)
         evaluation = {}
         for set_name, split in (("test", test), ("crop22", crop)):
-            preds, loss = predict(model, split, norm)
-            evaluation[set_name] = {"loss": loss, **classification_metrics(preds, split.labels, [str(i) for i in range(10)])}
+            metrics, _, bins = evaluate_split(model, split, norm, [str(i) for i in range(10)])
+            evaluation[set_name] = {**metrics, "reliability": bins}
         md5[name] = _md5(*model.state_dict().values())
         md5[f"{name} evaluation"] = _md5(json.dumps([[r.row() for r in history], evaluation]).encode())
     return {**what_ran(), "md5": md5}

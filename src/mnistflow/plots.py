@@ -56,6 +56,33 @@ def confusion_matrix(confusion, classes: list[str], title: str) -> Figure:
     return fig
 
 
+def reliability_diagram(bins: dict[str, list[dict]], ece: dict[str, float], title: str) -> Figure:
+    """Confidence against accuracy per bin of the top class's probability (a calibrated model lies on
+    the diagonal): the clean test set as bars, the other sets as lines; below, how many test images
+    fall in each bin."""
+    fig = Figure(figsize=(7, 6.2), layout="tight")
+    ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for i, (set_name, rows) in enumerate(bins.items()):
+        label = f"{set_name} (ECE {ece[set_name]:.3f})"
+        mids = [(r["low"] + r["high"]) / 2 for r in rows]
+        if i == 0:  # the clean test set
+            ax.bar(mids, [r["accuracy"] for r in rows], width=[max(r["high"] - r["low"], 0.02) for r in rows],
+                   color="C0", alpha=0.6, edgecolor="C0", label=label)
+            ax_count.bar(mids, [r["count"] for r in rows], width=[max(r["high"] - r["low"], 0.02) for r in rows],
+                         color="C0", alpha=0.6)
+        else:
+            ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", color=f"C{i}",
+                    label=label)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), ylabel="accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left")
+    ax_count.set(xlabel="confidence (probability of the predicted class)", ylabel="test images")
+    ax_count.set_yscale("log")
+    ax_count.grid(alpha=0.3)
+    return fig
+
+
 def _show(ax, image, cmap: str = "gray", centred: bool = False) -> None:
     """One image, (H,W) or (C,H,W): one channel through `cmap`, three in colour. `centred`: the
     scale is symmetric about 0, so 0 is the neutral colour (weights; grey in colour)."""

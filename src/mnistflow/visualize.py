@@ -69,6 +69,14 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def read_reliability(path: Path) -> dict[str, list[dict]]:
+    """The evaluate stage's reliability bins, per set, in its order (the clean test set first)."""
+    bins: dict[str, list[dict]] = {}
+    for row in read_csv(path):
+        bins.setdefault(row.pop("set"), []).append({k: float(v) for k, v in row.items()})
+    return bins
+
+
 def read_comparison(path: Path, dataset: str) -> dict | None:
     """The optimizer comparison (`make compare-optimizers`), when there is one of this dataset."""
     try:
@@ -107,6 +115,9 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         figs = {
             f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
                                                             f"{name}: test set (row-normalized)"),
+            f"reliability_{name}.png": plots.reliability_diagram(
+                read_reliability(eval_dir / f"{name}.reliability.csv"), {s: r["ece"] for s, r in evals[name].items()},
+                f"{name}: reliability"),
             f"mistakes_{name}.png": mistakes_figure(predicted, test.images, name),
             f"weights_{name}.png": weights_figure(model, name, shape),
         }
@@ -153,6 +164,8 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
     acc_rows = "".join(
         f"<tr><th>{e(m)}</th>" + "".join(f"<td>{evals[m][s]['acc']:.4f}</td>" for s in sets)
         + f"<td>{evals[m]['test']['macro_f1']:.4f}</td></tr>" for m in cfg.train.models)
+    ece_rows = "".join(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{evals[m][s]['ece']:.4f}</td>" for s in sets)
+                       + "</tr>" for m in cfg.train.models)
     sections = "".join(_model_section(cfg, m, evals[m], facts[m], [img(f) for f in per_model[m]])
                        for m in cfg.train.models)
     pc = lambda v: "&ndash;" if v is None else f"{v:.3f}"  # noqa: E731  (None: no samples of that class)
@@ -176,7 +189,10 @@ img {{ border: 1px solid #eee; }}
 <p>Compare every run in the MLflow UI (<code>make ui</code>): <a href="{e(experiment_url)}">{e(experiment_url)}</a></p>
 <div class="top"><div><h2>Accuracy per model and test set</h2>
 <table id="accuracy"><tr><th>model</th>{"".join(f"<th>{e(s)}</th>" for s in sets)}<th>test macro F1</th></tr>
-{acc_rows}</table></div>
+{acc_rows}</table>
+<h3>Expected calibration error (15 bins; 0: confidence matches accuracy)</h3>
+<table id="ece"><tr><th>model</th>{"".join(f"<th>{e(s)}</th>" for s in sets)}</tr>
+{ece_rows}</table></div>
 <div>{img("robustness.png")}</div></div>
 {sections}
 <section><h2>All models</h2><div class="figs">{img("loss_curves.png")}{img("samples.png")}</div>
@@ -210,6 +226,8 @@ def _model_section(cfg: Config, name: str, evals: dict, facts: dict, images: lis
         "epochs, batch, shift": f"{mc.epochs}, {mc.batch_size}, {mc.shift}",
         "val acc": f"{facts['val_acc']:.4f}",
         "test acc": f"{evals['test']['acc']:.4f}",
+        "test ECE, top-2 acc, macro AUROC": f"{evals['test']['ece']:.4f}, {evals['test']['top2_acc']:.4f}, "
+                                            f"{evals['test']['macro_auroc']:.4f}",
         "weights (md5)": f"<code>{facts['model_md5']}</code>",
         "MLflow run": f'<a href="{e(facts["url"])}">the runs that made these weights</a>',
     }
