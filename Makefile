@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup repro exps dag screenshots compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -63,12 +63,18 @@ test-tools:
 repro: setup
 	$(BIN)/dvc repro
 
-# Which params gave which accuracy: the experiments with only what varies between them, and of
-# the metrics only accuracy per model and test set (`dvc exp show` alone lists every param,
-# data dependency and metric: far wider than a terminal).
-EXPS_DROP := data/.*|models.*|reports/(train|eval)$$
+# Which params gave which accuracy: one table per model, what varied for it and its accuracy per
+# test set, at 120 columns and in a pipe (EXPS_FORMAT=--md or --csv for others).
 exps: setup
-	$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)'
+	PYTHONPATH=src $(BIN)/python -m mnistflow.exps $(EXPS_FORMAT)
+
+# The pipeline's stages and what each runs after, at 100 columns (docs/pipeline.md has the chart).
+dag: setup
+	PYTHONPATH=src $(BIN)/python -m mnistflow.dag
+
+# The docs' MLflow screenshots (docs/mlflow-*.png) from this repo's own store, after `make repro`.
+screenshots: setup test-tools
+	PYTHONPATH=src $(BIN)/python -m mnistflow.screenshots --out docs
 
 # The tutorials' optimizer comparison: COMPARE_MODEL once per optimizer (sgd, adam, adadelta,
 # adagrad, rmsprop) as queued DVC experiments on JOBS workers; their curves go to
@@ -127,7 +133,8 @@ lock-check: setup
 test: setup test-tools
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
-# The load test alone (eight queued experiments against the team server): minutes; CI runs it.
+# The slow tests: the team-server load test, the numerics under emulated CPUs, the optimizer
+# comparison and the extra models; tens of minutes; CI runs it after make test.
 test-slow: setup test-tools
 	$(BIN)/python -m pytest -m slow
 

@@ -78,7 +78,7 @@ def check(names: dict[str, float], failed: list[str]) -> tuple[int, list[str]]:
             continue
         md5 = compare.exp_weights_md5(name, MODEL)
         runs = client.search_runs([tracking.experiment_id(DATASET)],
-                                  filter_string=f"tags.model_md5 = '{md5}' and attributes.run_name = '{MODEL}'")
+                                  filter_string=f"tags.model_md5 = '{md5}' and params.model = '{MODEL}'")
         if len(runs) != 1:
             problems.append(f"{name}: {len(runs)} runs hold its weights (md5 {md5})")
             continue

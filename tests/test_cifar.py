@@ -48,7 +48,7 @@ def test_every_stage_follows_the_datasets_shape(project):
         metrics = json.loads((project / f"reports/eval/{model}.json").read_text())
         assert set(metrics) == {"test", "crop22", "crop18"}
         assert metrics["test"] > 0.3, (model, metrics)  # learned something: chance is 0.1
-    runs = {r.info.run_name: r for r in runs_of(project, "cifar10")}
+    runs = {r.data.params["model"]: r for r in runs_of(project, "cifar10")}
     assert set(runs) == set(MODELS) and all(r.info.status == "FINISHED" for r in runs.values())
     assert all("test_acc" in r.data.metrics for r in runs.values())
 

@@ -15,9 +15,11 @@ from mnistflow.errors import ConfigError
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def test_auto_prefers_cuda_then_mps_then_cpu():
-    expected = "cuda" if torch.cuda.is_available() else \
-        "mps" if torch.backends.mps.is_available() else "cpu"
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "a GPU")
     assert select_device("auto").type == expected
     assert select_device("cpu").type == "cpu"
 

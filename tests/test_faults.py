@@ -67,8 +67,8 @@ def test_kill_9_leaves_a_running_run_that_the_next_start_fails_and_resumes(proje
     killed = runs_of(project)[-1]
     assert killed.info.status == "RUNNING"
     resumed = run([*TRAIN, *OUTS], project, pipeline_env())
-    assert f"MLflow run {killed.info.run_id} (cnn) was left RUNNING by a killed process; marked FAILED" \
-        in resumed.stderr
+    assert f"MLflow run {killed.info.run_id} ({killed.info.run_name}) was left RUNNING by a killed process; " \
+        "marked FAILED" in resumed.stderr
     assert "resuming after epoch 1 of 4" in resumed.stderr
     assert (project / "models/cnn.pt").read_bytes() == (project / "ref.pt").read_bytes()
     assert runs_of(project)[-1].info.status == "FINISHED"
@@ -125,7 +125,7 @@ def test_a_second_dvc_repro_is_refused_while_one_runs_of(project):
             break
     second = run([sys.executable, "-m", "dvc", "repro"], project, env, check=False)
     assert second.returncode != 0
-    assert "lock" in (second.stdout + second.stderr).lower()
+    assert "Unable to acquire lock" in second.stdout + second.stderr  # DVC's own refusal, not any failure
     first.stdout.read()
     assert first.wait(timeout=300) == 0
     assert (project / "models/cnn.pt").read_bytes() == (project / "ref.pt").read_bytes()

@@ -1,14 +1,15 @@
 """What a user sees of MLflow: the UI that `make ui` serves over the project's own store, in
-headless Chromium, and a champion model that `make serve` answers over HTTP.
+headless Chromium (every link `make ui` prints and the report page holds, the home page, two
+experiments on one model told apart), DVC's plots page, and a champion that `make serve`
+answers over HTTP.
 
-Screenshots go to a temporary folder, or to $SCREENSHOTS (docs/ for the README's)."""
+Screenshots go to a temporary folder, or to $SCREENSHOTS."""
 from __future__ import annotations
 
 import html
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +23,13 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import add_make, free_port, make_project, pipeline_env, run
-from mnistflow.tracking import ui_url
+from mnistflow import screenshots as shots
+from mnistflow.tracking import file_md5
+from mnistflow.ui import HOME_PAGE_HINT, ui_url
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]
+EXPERIMENTS = {"lr-a": "0.002", "lr-b": "0.004"}  # two DVC experiments on the same model
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,16 @@ def project(tmp_path_factory, tiny_mirror):
     project = make_project(tmp_path_factory.mktemp("ui"), tiny_mirror, mlp={"epochs": 2})
     add_make(project)  # `make ui` and `make serve` as a user runs them
     run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "baseline"], project, pipeline_env())
+    for name, lr in EXPERIMENTS.items():
+        run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name, "-S", f"train.mlp.lr={lr}"], project,
+            pipeline_env())
     return project
+
+
+def store(project) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
 
 
 @contextmanager
@@ -89,14 +102,11 @@ def ui(project):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium is not installed (make test installs it where it runs as root with apt-get)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    try:
+        with shots.browser() as b:
+            yield b
+    except Exception as exc:  # noqa: BLE001  (chromium missing)
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -104,70 +114,111 @@ def screenshots(tmp_path_factory) -> Path:
     return Path(os.environ.get("SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
 
 
-def experiment_page_url(log: Path) -> str:
-    """The page `make ui` tells the user to open for the experiment."""
-    (line,) = [line for line in log.read_text().splitlines() if line.startswith("mnist: ")]
-    return line.removeprefix("mnist: ")
+def printed_links(log: Path) -> dict[str, str]:
+    """What `make ui` printed: `<label>: <url>` per link."""
+    return dict(line.split(": ", 1) for line in log.read_text().splitlines() if ": http" in line)
 
 
-def grid_rows(page) -> list[dict]:
-    """The runs table's rows as {column id: text}. The grid draws only the columns in view, so
-    the assistant panel is closed first and the page is wide."""
-    page.wait_for_selector("[role=gridcell][col-id='metrics.`test_acc`']", timeout=60_000)
-    page.get_by_role("button", name="Close").first.click()  # the MLflow Assistant panel
-    page.wait_for_selector("[role=gridcell][col-id='params.`model`']", timeout=10_000)
-    return page.evaluate("""() => [...document.querySelectorAll('.ag-center-cols-container [role=row]')].map(r =>
-        Object.fromEntries([...r.querySelectorAll('[role=gridcell]')].map(c => [c.getAttribute('col-id'), c.innerText])))""")
+def assert_training_layout_with_the_view(page) -> None:
+    nav = page.inner_text("aside")  # the model-training layout, not GenAI's (traces, judges)
+    assert "Model registry" in nav and "Judges" not in nav, nav
+    assert "You're viewing a shared view" in page.inner_text("body")  # the view's banner
 
 
-def test_the_runs_table_opens_in_the_training_layout_with_metrics_and_params_filled(project, ui, browser,
-                                                                                    screenshots):
+def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_filled(project, ui, browser, screenshots):
     base, log = ui
-    url = experiment_page_url(log)
-    assert url.startswith(base)  # the page make ui prints follows its host and port
-    page = browser.new_page(viewport={"width": 2400, "height": 560})
-    page.goto(url)
-    rows = {r["params.`model`"]: r for r in grid_rows(page)}
-    assert sorted(rows) == sorted(MODELS)
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    links = printed_links(log)
+    assert set(links) == {"mnist", "mnist charts", "mnist-reports"}
+    assert HOME_PAGE_HINT in log.read_text()  # what to click from MLflow's home page
+    client = store(project)
     exp = client.get_experiment_by_name("mnist")
-    for r in client.search_runs([exp.experiment_id]):
+    runs = client.search_runs([exp.experiment_id])
+    page = browser.new_page(viewport={"width": 2400, "height": 900})  # wide: the grid draws the columns in view
+    shots.open_runs(page, links["mnist"])
+    assert links["mnist"].startswith(base)  # the page make ui prints follows its host and port
+    assert_training_layout_with_the_view(page)
+    rows = {r["attributes.`Run Name`"]: r for r in shots.grid(page)}
+    assert sorted(rows) == sorted(r.info.run_name for r in runs)
+    for r in runs:
         shown = rows[r.info.run_name]
         assert float(shown["metrics.`test_acc`"]) == pytest.approx(r.data.metrics["test_acc"], abs=1e-3)
         assert float(shown["params.`lr`"]) == float(r.data.params["lr"])
-        for column in ("metrics.`val_acc`", "metrics.`crop22_acc`", "metrics.`train_seconds`", "params.`optimizer`"):
+        for column in ("metrics.`val_acc`", "metrics.`test_ece`", "params.`model`", "params.`epochs`", "tags.`baseline`"):
             assert shown[column] not in ("", "-"), (r.info.run_name, column)
-    nav = page.inner_text("aside")  # the model-training layout, not GenAI's (traces, judges)
-    assert "Model registry" in nav and "Judges" not in nav
-    page.screenshot(path=screenshots / "mlflow-runs.png")
 
-    runs = [r.info.run_id for r in client.search_runs([exp.experiment_id])]
-    page.set_viewport_size({"width": 1800, "height": 1500})
-    page.goto(f"{base}/#/compare-runs?runs={json.dumps(runs)}&experiments={json.dumps([exp.experiment_id])}"
-              "&workflowType=machine_learning")
-    page.wait_for_selector("text=Parameters", timeout=60_000)
-    page.wait_for_timeout(3000)
-    text = page.inner_text("body")
-    for name in ("lr", "optimizer", "test_acc", "crop22_acc"):
-        assert name in text
-    page.screenshot(path=screenshots / "mlflow-compare.png")
+    shots.open_runs(page, links["mnist charts"])  # the same view, as charts: the headline ones first
+    assert_training_layout_with_the_view(page)
+    page.wait_for_timeout(2000)
+    charts = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
+    page.screenshot(path=screenshots / "mlflow-charts.png")
+    # the headline section first: test_acc per run, and what varied against it
+    assert re.search(r"Headline metrics\s*\(2\)", charts) and "Parallel Co" in charts, charts[:2000]
+    assert charts.index("Headline metrics") < charts.index("Model metrics")
+
+    shots.open_runs(page, links["mnist-reports"])
+    assert_training_layout_with_the_view(page)
+    reports = shots.grid(page)
+    assert reports and all(r["attributes.`Run Name`"].startswith("report · ") for r in reports)
+    assert all(r["tags.`models`"] not in ("", "-") for r in reports)
     page.close()
 
 
-def test_the_report_page_links_each_model_to_the_run_that_made_its_weights(project, ui, browser):
+def test_each_report_page_link_opens_the_runs_that_made_those_weights(project, ui, browser):
     base, _ = ui
     page_html = (project / "reports/index.html").read_text()
-    links = dict(re.findall(r'<section id="model-(\w+)">.*?<a href="([^"]+searchFilter=[^"]+)"', page_html, re.S))
+    links = dict(re.findall(r'<section id="model-(\w+)">.*?<a href="([^"]+)">the runs that made these weights', page_html,
+                            re.S))
     assert sorted(links) == sorted(MODELS)
+    client = store(project)
+    exp = client.get_experiment_by_name("mnist")
     for model, link in links.items():
-        page = browser.new_page(viewport={"width": 2400, "height": 560})  # a new page: a link from outside the UI
-        page.goto(html.unescape(link).replace(ui_url(), base))  # the page names `make ui`'s default address
-        page.wait_for_selector("text=1 matching run", timeout=60_000)
-        page.wait_for_selector("[role=gridcell]", timeout=60_000)
-        names = page.evaluate("""() => [...document.querySelectorAll('[role=gridcell][col-id="attributes.`Run Name`"]')]
-            .map(c => c.innerText.trim().split('\\n').pop())""")  # a colour swatch, then the name
-        assert names == [model], (model, names)
+        md5 = file_md5(project / f"models/{model}.pt")  # the weights the page shows
+        made = client.search_runs([exp.experiment_id], f"tags.model_md5 = '{md5}'")
+        page = browser.new_page(viewport={"width": 2400, "height": 900})  # a new page: a link from outside the UI
+        shots.open_runs(page, html.unescape(link).replace(ui_url(), base))  # the page names `make ui`'s address
+        assert_training_layout_with_the_view(page)
+        rows = shots.grid(page)
+        assert sorted(r["attributes.`Run Name`"] for r in rows) == sorted(r.info.run_name for r in made), model
+        assert all(r["metrics.`test_acc`"] not in ("", "-") and r["params.`lr`"] not in ("", "-") for r in rows)
         page.close()
+
+
+def test_two_dvc_experiments_on_one_model_are_told_apart_in_the_runs_table(project, ui, browser, screenshots):
+    base, log = ui
+    page = browser.new_page(viewport={"width": shots.WIDTH, "height": shots.HEIGHT})  # a laptop's window
+    shots.open_runs(page, printed_links(log)["mnist"])
+    names = shots.run_names(page)
+    commit = run(["git", "rev-parse", "--short=7", "HEAD~0"], project).stdout.strip()
+    for name in EXPERIMENTS:
+        assert f"mlp · {name}" in names  # the model and the DVC experiment that made it
+    assert sum(n.startswith("mlp · ") for n in names) == 3 and any(n == f"cnn · {commit}" or n.startswith("cnn · ")
+                                                                    for n in names)
+    rows = {r["attributes.`Run Name`"]: r for r in shots.grid(page)}
+    for name, lr in EXPERIMENTS.items():
+        assert float(rows[f"mlp · {name}"]["params.`lr`"]) == float(lr)  # what varied, in view at 1600 px
+        assert rows[f"mlp · {name}"]["metrics.`test_acc`"] not in ("", "-")
+    page.screenshot(path=screenshots / "mlflow-two-experiments.png")
+    page.close()
+
+
+def test_from_the_home_page_an_experiment_opens_as_the_hint_make_ui_prints_says(project, ui, browser):
+    base, _ = ui
+    context = browser.new_context(viewport={"width": shots.WIDTH, "height": shots.HEIGHT})  # a new browser profile
+    page = context.new_page()
+    page.goto(base)
+    page.get_by_role("link", name="mnist", exact=True).first.click()
+    page.wait_for_selector("text=Judges", timeout=60_000)  # the GenAI layout first: traces, judges
+    page.wait_for_selector("text=No data available", timeout=60_000)
+    assert "workflowType=genai" in page.url
+    if page.get_by_role("button", name="Got it").count():  # GenAI's first tip covers the page
+        page.get_by_role("button", name="Got it").click()
+    page.get_by_text("Model training", exact=True).first.click()  # 'pick Model training at the top left once'
+    page.wait_for_selector("[role=gridcell]", timeout=60_000)
+    assert "Model registry" in page.inner_text("aside")
+    page.get_by_test_id("saved-views-trigger").click()  # 'then Views -> mnistflow: headline metrics'
+    page.get_by_text("mnistflow: headline metrics").click()
+    page.wait_for_selector("[role=gridcell][col-id='metrics.`test_acc`']", timeout=60_000)
+    context.close()
 
 
 def test_dvc_plots_show_draws_offline_one_colour_per_model(project, browser, screenshots):
@@ -185,10 +236,40 @@ def test_dvc_plots_show_draws_offline_one_colour_per_model(project, browser, scr
         title: [...svg.querySelectorAll('.role-title-text')].map(t => t.textContent).join(' '),
         legend: [...svg.querySelectorAll('.role-legend-label')].map(t => t.textContent),
         axes: [...svg.querySelectorAll('.role-axis-title')].map(t => t.textContent),
+        labels: [...svg.querySelectorAll('.mark-text.role-axis-label')].map(m =>
+            [...m.querySelectorAll('text')].map(t => t.textContent)),
         lines: svg.querySelectorAll('.mark-line path').length}))""")
     (loss,) = [c for c in charts if c["title"] == "Validation loss"]
     assert sorted(loss["legend"]) == sorted(["mlp", "cnn", "lenet", "workspace"])  # models, then the revision
     assert sorted(loss["axes"]) == ["cross-entropy loss", "epoch"] and loss["lines"] == 3
+    confusion = [c for c in charts if "mlp: actual class (rows)" in c["title"]]
+    assert confusion, [c["title"] for c in charts]  # titled by model; one matrix per set, rows actual
+    assert {"actual", "predicted"} <= set(confusion[0]["axes"])
+    assert [str(d) for d in range(10)] in confusion[0]["labels"]  # mnist's classes in their order, not as met
     assert [url for url in requested if not url.startswith("file:")] == []
-    page.screenshot(path=screenshots / "dvc-plots.png")
+    page.screenshot(path=screenshots / "dvc-plots.png", full_page=True)
     context.close()
+
+
+def test_dvc_plots_order_the_classes_as_the_dataset_does_and_normalize_each_row(project, browser, tmp_path):
+    """The confusion template on classes whose names sort otherwise than their indices."""
+    folder = project / "plots-probe"
+    folder.mkdir()
+    classes = ["zebra", "apple", "mango"]  # the dataset's order: 0, 1, 2
+    rows = [(2, 0), (2, 2)] + [(1, 1)] * 2 + [(0, 0)] * 3 + [(0, 1)]  # not in the dataset's order
+    (folder / "confusion_test.csv").write_text("actual,predicted,actual_index,predicted_index\n" + "".join(
+        f"{classes[a]},{classes[p]},{a},{p}\n" for a, p in rows))
+    out = tmp_path / "plots"
+    run([sys.executable, "-m", "dvc", "plots", "show", str(folder / "confusion_test.csv"), "--template",
+         "confusion_rows", "-x", "predicted", "-y", "actual", "--title", "probe", "-o", str(out)], project,
+         pipeline_env())
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    page.goto((out / "index.html").as_uri())
+    page.wait_for_selector("svg .role-axis-label", timeout=30_000)
+    labels = page.evaluate("""() => [...document.querySelectorAll('svg .role-axis')].map(axis =>
+        [...axis.querySelectorAll('.role-axis-label text, text.role-axis-label')].map(t => t.textContent))""")
+    texts = page.evaluate("() => [...document.querySelectorAll('svg .mark-text.role-mark text')].map(t => t.textContent)")
+    context.close()
+    assert [classes] * 2 == [labels[0], labels[1]] or [classes] * 2 == [labels[1], labels[0]], labels
+    assert sorted(texts) == sorted(["0.75", "0.25", "1.00", "0.50", "0.50"])  # each row's share, not counts

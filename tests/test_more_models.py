@@ -12,6 +12,7 @@ pytestmark = pytest.mark.e2e
 MODELS = ["two_layer", "dynamic"]
 
 
+@pytest.mark.slow  # minutes: make test-slow (CI) runs it
 def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_mirror):
     project = make_project(tmp_path / "project", tiny_mirror)
     first, second = (pipeline_run(project, tmp_path / name, tiny_mirror, MODELS) for name in ("first", "second"))
@@ -20,7 +21,7 @@ def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_
     assert {"train@two_layer", "train@dynamic", "evaluate@two_layer", "evaluate@dynamic"} <= set(lock["stages"])
     for model in MODELS:  # learned something (chance is 0.1)
         assert json.loads((tmp_path / f"first/reports/eval/{model}.json").read_text())["test"] > 0.3
-    runs = {r.info.run_name: r for r in runs_of(tmp_path / "first")}
+    runs = {r.data.params["model"]: r for r in runs_of(tmp_path / "first")}
     assert set(runs) == set(MODELS)
     for r in runs.values():
         assert r.info.status == "FINISHED" and "test_acc" in r.data.metrics and r.data.tags["model_md5"]

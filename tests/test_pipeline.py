@@ -7,7 +7,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import mlflow
 import numpy as np
@@ -17,7 +16,8 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import ROOT, SECRET, make_project, pipeline_env, run, runs_of, set_params
-from mnistflow.tracking import file_md5, ui_url
+from mnistflow.tracking import file_md5
+from mnistflow.ui import ui_url
 
 sys.path.insert(0, "src")
 from mnistflow.models import create_model  # noqa: E402
@@ -94,15 +94,19 @@ def test_each_model_has_a_complete_mlflow_run(project):
     project, _ = project
     client = client_for(project)
     runs = runs_of(project)
-    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    assert sorted(r.data.params["model"] for r in runs) == sorted(MODELS)
+    commit = run(["git", "rev-parse", "--short=7", "HEAD"], project).stdout.strip()
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} · {commit}" for m in MODELS)  # model · what made it
     exp = client.get_experiment(runs[0].info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training layout
-    view = json.loads(exp.tags["mlflow.sharedViewState.mnistflow"])  # the runs table's default columns
-    assert "metrics.`test_acc`" in view["selectedColumns"] and "params.`lr`" in view["selectedColumns"]
+    view = json.loads(exp.tags["mlflow.sharedViewState.mnistflow"])  # a saved view, listed under Views
+    assert view["name"] == "mnistflow: headline metrics"
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert "metrics.`test_acc`" in columns and "params.`lr`" in columns and "tags.`dvc_exp_name`" in columns
     # One column means one thing for every model: the same param keys in every run.
     assert len({tuple(sorted(r.data.params)) for r in runs}) == 1
     for r in runs:
-        model = r.info.run_name
+        model = r.data.params["model"]
         assert r.info.status == "FINISHED"
         assert r.data.params["model"] == model and r.data.params["optimizer"] in ("sgd", "adam")
         assert r.data.params["scheduler"] == "cosine" and "scheduler.eta_min" in r.data.params
@@ -113,8 +117,9 @@ def test_each_model_has_a_complete_mlflow_run(project):
         assert not [k for k in r.data.params if k.startswith("train.")]  # no second copy under params.yaml paths
         params_file = mlflow.artifacts.load_text(f"{r.info.artifact_uri}/params.yaml")  # where they come from
         assert yaml.safe_load(params_file)["train"][model]["lr"] == float(r.data.params["lr"])
-        assert {"git_commit", "git_dirty", "dataset", "device", "model_md5"} <= set(r.data.tags)
-        assert len(r.data.tags) <= 12 and not [t for t in r.data.tags if t.startswith("dvc.md5")]
+        assert {"git_commit", "git_dirty", "baseline", "dataset", "device", "model_md5"} <= set(r.data.tags)
+        assert r.data.tags["baseline"] == r.data.tags["git_commit"][:7]
+        assert len(r.data.tags) <= 14 and not [t for t in r.data.tags if t.startswith("dvc.md5")]
         assert r.data.tags["device"] == "cpu"
         assert EPOCH_METRICS | {"train_seconds"} <= set(r.data.metrics)
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
@@ -132,7 +137,7 @@ def test_each_model_has_a_complete_mlflow_run(project):
 def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(project, model, tmp_path):
     project, _ = project
     client = client_for(project)
-    (r,) = [r for r in runs_of(project) if r.info.run_name == model]
+    (r,) = [r for r in FIRST_RUNS if r.data.params["model"] == model]
     mlflow.set_tracking_uri(client.tracking_uri)
     (logged,) = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id],
                                             filter_string=f"source_run_id = '{r.info.run_id}'",
@@ -226,7 +231,7 @@ def test_evaluation_outputs_and_figures(project):
         assert list(per_class["test"]) == [str(d) for d in range(10)]
         for set_name in report:
             header, *rows = (project / f"reports/eval/{model}/confusion_{set_name}.csv").read_text().splitlines()
-            assert header == "actual,predicted" and len(rows) == 200
+            assert header == "actual,predicted,actual_index,predicted_index" and len(rows) == 200
     assert json.loads((project / "reports/eval/mlp.json").read_text())["test"] > 0.5
     figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
         f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "reliability", "weights", "mistakes")} | {
@@ -253,10 +258,10 @@ def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_
                 "test_macro_auroc", "test_macro_precision", "test_macro_recall", "crop18_ece"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "confusion_test.png" in artifacts and "figures" not in artifacts
-        per_class = json.loads((project / f"reports/eval/{r.info.run_name}.per_class.json").read_text())
+        per_class = json.loads((project / f"reports/eval/{r.data.params['model']}.per_class.json").read_text())
         assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == per_class
     (report,) = runs_of(project, "mnist-reports")
-    assert report.info.run_name == "report" and report.info.status == "FINISHED"
+    assert report.info.run_name.startswith("report · ") and report.info.status == "FINISHED"
     figures = [a.path for a in client.list_artifacts(report.info.run_id, "figures")]
     assert "figures/robustness.png" in figures and "figures/mistakes_cnn.png" in figures
     assert mlflow.artifacts.load_text(f"{report.info.artifact_uri}/index.html") == \
@@ -329,8 +334,9 @@ window.addEventListener("load", () => {
         for what in ("parameters", "val acc", "test acc", "test ECE", "weights (md5)", "MLflow run"):
             assert what in facts, (model, what)
     assert page.count(f"{ui_url()}/#/experiments/") == 2 + len(MODELS)  # the experiment (href, text), each run
-    for model in MODELS:  # each run found by its weights' md5, which the page names instead of a run id
-        assert quote(f"tags.model_md5 = '{file_md5(project / f'models/{model}.pt')}'") in html.unescape(page)
+    for model in MODELS:  # each run found by its weights' md5 (a view of its own), not by a run id
+        md5 = file_md5(project / f"models/{model}.pt")
+        assert f"viewStateShareKey=weights-{md5[:12]}" in html.unescape(page) and md5 in page
 
 
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
@@ -347,7 +353,8 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
                    "Running stage 'visualize':"]
     latest = runs_of(project)[-1]
     assert len(runs_of(project)) == before + 1
-    assert latest.info.run_name == "cnn" and latest.data.params["lr"] == "0.01"
+    assert latest.data.params["model"] == "cnn" and latest.data.params["lr"] == "0.01"
+    assert latest.info.run_name.endswith("-dirty")  # made from uncommitted changes
 
 
 def test_dvc_exp_run_temp_lands_in_the_same_store(project):
@@ -359,7 +366,7 @@ def test_dvc_exp_run_temp_lands_in_the_same_store(project):
     runs = runs_of(project)
     assert len(runs) == before + 1
     latest = runs[-1]
-    assert latest.info.run_name == "lenet" and latest.data.params["lr"] == "0.002"
+    assert latest.info.run_name == "lenet · lenet-lr" and latest.data.params["lr"] == "0.002"
     assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
     assert latest.info.status == "FINISHED"
     assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
@@ -369,7 +376,7 @@ def test_fast_numerics_still_train_and_say_so_in_the_run(project):
     project, _ = project
     dvc(project, "exp", "run", "--temp", "-S", "numerics.mode=fast", "-S", "train.models=[lenet]", "-n", "fast")
     fast = runs_of(project)[-1]
-    assert fast.info.run_name == "lenet" and fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
+    assert fast.info.run_name == "lenet · fast" and fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
     from mnistflow.device import cpu_has_bf16
     assert fast.data.params["numerics"] == "fast" and fast.data.params["mkl_branch"] == "auto"
     assert fast.data.params["precision"] == ("bf16" if cpu_has_bf16() else "fp32")  # train.amp: bf16 units only
@@ -382,7 +389,7 @@ def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never
     champion = client.get_model_version_by_alias("mnist-mlp", "champion")
     dvc(project, "exp", "run", "--temp", "-S", "train.mlp.lr=0.0000001", "-S", "train.mlp.epochs=1", "-n", "worse")
     worse = runs_of(project)[-1]
-    assert worse.info.run_name == "mlp" and worse.data.tags["dvc_exp_name"] == "worse"
+    assert worse.info.run_name == "mlp · worse" and worse.data.tags["dvc_exp_name"] == "worse"
     assert worse.data.metrics["test_acc"] < client.get_run(champion.run_id).data.metrics["test_acc"]
     newest = max(client.search_model_versions("name = 'mnist-mlp'"), key=lambda v: int(v.version))
     assert newest.run_id == worse.info.run_id
@@ -410,7 +417,7 @@ def test_visualization_and_variant_changes_retrain_nothing(project):
 
 def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     project, _ = project
-    first_cnn = [r for r in runs_of(project) if r.info.run_name == "cnn"][0]
+    (first_cnn,) = [r for r in FIRST_RUNS if r.data.params["model"] == "cnn"]
     set_params(project, "train.cnn.lr", 0.02)  # the workspace moves on (whatever ran before)
     dvc(project, "repro")
     assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]
@@ -441,6 +448,7 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
         assert bad.stderr.startswith("error: no MLflow run '0123456789abcdef'") and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # minutes: make test-slow (CI) runs it
 def test_compare_optimizers_lands_five_queued_experiments_and_draws_them(project):
     """`make compare-optimizers`: five experiments through `dvc queue` on two workers, all land
     complete in DVC and MLflow, and their curves reach the report page."""

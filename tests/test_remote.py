@@ -179,30 +179,36 @@ def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(pushed
     assert "lacks torch" in out.stderr and "source .venv/bin/activate" in out.stderr
 
 
-def test_make_exps_answers_which_params_gave_which_accuracy_in_200_columns(pushed):
+def test_make_exps_answers_which_params_gave_which_accuracy_at_120_columns_and_in_a_pipe(pushed):
     first, _ = pushed
     add_make(first)
-    baseline = json.loads((first / "reports/eval/mlp.json").read_text())["test"]
+    baseline = {m: json.loads((first / f"reports/eval/{m}.json").read_text())["test"] for m in ("mlp", "cnn", "lenet")}
     dvc(first, "exp", "run", "-S", "train.mlp.lr=0.0000001", "-n", "mlp-lr")  # surely another accuracy
     try:
-        table = run(["make", "-s", "exps"], first, {**pipeline_env(), "COLUMNS": "200"}).stdout
+        text = run(["make", "-s", "exps"], first, {**pipeline_env(), "COLUMNS": "120"}).stdout  # a pipe
+        md = run([sys.executable, "-m", "mnistflow.exps", "--md"], first, env_with_src(first)).stdout
     finally:
         run(["git", "checkout", "--", "params.yaml", "dvc.lock"], first)
         dvc(first, "checkout")
-    lines = table.splitlines()
-    assert max(map(len, lines)) <= 200 and "…" not in table, table
-    header = next(line for line in lines if "Experiment" in line).split()
-    assert {"train.mlp.lr", "reports/eval/mlp.json:test", "reports/eval/mlp.json:crop22"} <= set(header)
-    (main,) = [line.split() for line in lines if line.split()[:1] == ["main"]]
-    assert f"{baseline:g}" in main or str(baseline) in main  # the committed baseline, real numbers
-    assert any("[mlp-lr]" in line for line in lines)
+    assert max(map(len, text.splitlines())) <= 120 and "…" not in text, text
+    tables = {block.splitlines()[0]: [line.split() for line in block.splitlines()[1:]] for block in text.split("\n\n")}
+    assert list(tables) == ["mlp", "cnn", "lenet"]  # one table per model
+    header, _, *rows = tables["mlp"]
+    assert header == ["experiment", "lr", "test", "crop22", "crop18"]  # what varied for it, then its accuracy
+    by_name = {row[0]: row for row in rows}
+    assert by_name["mlp-lr"][1] == "1e-07" and float(by_name["main"][2]) == baseline["mlp"]
+    for model in ("cnn", "lenet"):  # nothing of theirs varied: their accuracy, the baseline's
+        header, _, *rows = tables[model]
+        assert header == ["experiment", "test", "crop22", "crop18"]
+        assert float({row[0]: row for row in rows}["main"][1]) == baseline[model]
+    assert "| experiment | lr | test | crop22 | crop18 |" in md and "**mlp**" in md
 
 
 def test_restore_pulls_what_the_cache_lacks(pushed, tmp_path):
     first, _ = pushed
     client = MlflowClient(tracking_uri=f"sqlite:///{first / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mnist")
-    (cnn,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'cnn'", max_results=1,
+    (cnn,) = client.search_runs([exp.experiment_id], "params.model = 'cnn'", max_results=1,
                                 order_by=["attributes.start_time ASC"])
     md5 = cnn.data.tags["model_md5"]
     cached = first / ".dvc/cache/files/md5" / md5[:2] / md5[2:]

@@ -73,7 +73,7 @@ def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, ti
     experiment = rest(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist", password)["experiment"]
     runs = rest(url, "/api/2.0/mlflow/runs/search", password,
                 {"experiment_ids": [experiment["experiment_id"]], "max_results": 50})["runs"]
-    by_name = {r["info"]["run_name"]: r for r in runs}
+    by_name = {next(p["value"] for p in r["data"]["params"] if p["key"] == "model"): r for r in runs}
     assert set(by_name) == set(MODELS)
     for model, r in by_name.items():
         assert r["info"]["status"] == "FINISHED"

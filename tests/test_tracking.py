@@ -60,8 +60,12 @@ def test_tags_record_git_state_and_the_dvc_experiment(monkeypatch, tmp_path):
     env = tracking.environment()  # the rest goes to lineage.json, not into tags
     assert env["dvc_exp_baseline_rev"] == "abc123" and env["torch_version"] == torch.__version__
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")  # tests run in a clone
+    assert tags["baseline"] == "abc123"  # the commit the experiment was made from, short
+    assert tracking.run_label("cnn") == "cnn · lucky-lr"
     monkeypatch.chdir(tmp_path)  # not a git repo
-    assert tracking.git_state() == {"git_commit": "unknown", "git_dirty": "unknown"}
+    assert tracking.git_state() == {"git_commit": "unknown", "git_dirty": "unknown", "baseline": "unknown"}
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.run_label("cnn") == "cnn · no git"
 
 
 def test_a_moved_store_is_repointed_and_its_artifacts_stay_readable(store, tmp_path, monkeypatch):

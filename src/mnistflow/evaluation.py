@@ -117,8 +117,9 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
         confusion = metrics.pop("confusion")
         report[set_name] = metrics
         bins += [{"set": set_name, **row} for row in set_bins]
+        # The class indices beside the names: `dvc plots show` orders the classes by them.
         write_csv(Path(confusion_dir) / f"confusion_{set_name}.csv",
-                  [{"actual": classes[a], "predicted": classes[p]}
+                  [{"actual": classes[a], "predicted": classes[p], "actual_index": a, "predicted_index": p}
                    for a, p in zip(split.labels.tolist(), preds.tolist())])
         figures[f"confusion_{set_name}.png"] = confusion_matrix(confusion, classes, f"{name}: {set_name}")
         log.info("%s on %s: acc %.4f macro_f1 %.4f ece %.4f loss %.4f", name, set_name,

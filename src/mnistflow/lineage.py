@@ -90,7 +90,7 @@ def restore(run_id: str, dest: Path) -> Path:
     _cmd([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], dest)
     checkout = subprocess.run([sys.executable, "-m", "dvc", "checkout", *entries], cwd=dest,
                               capture_output=True, text=True)
-    weights = dest / _model_path(entries, run.info.run_name)
+    weights = dest / _model_path(entries, run.data.params.get("model", run.info.run_name.split(" · ")[0]))
     if (not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]) and (url := _remote_url(root)):
         # What the cache lacks, from this repo's default remote (resolved here: a relative URL
         # in the worktree's config would point beside the worktree instead).

@@ -101,11 +101,12 @@ def _show(ax, image, cmap: str = "gray", centred: bool = False) -> None:
 
 
 def image_grid(images, titles: list[str], title: str, colors: list[str] | None = None,
-               columns: int = 4, cmap: str = "gray", centred: bool = False) -> Figure:
+               columns: int = 4, cmap: str = "gray", centred: bool = False, cell: float = 1.7) -> Figure:
     """A grid of images, (H,W) or (C,H,W), each with its title (the tutorials' first look at
-    data). `cmap` and `centred`: as `_show`."""
+    data), `cell` inches a side: the report page shows a figure up to 7 inches wide at its size.
+    `cmap` and `centred`: as `_show`."""
     rows = -(-len(images) // columns)
-    fig = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="tight")
+    fig = Figure(figsize=(cell * columns, (cell + 0.25) * rows + 0.4), layout="tight")
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, image, label, color in zip(axes, images, titles, colors or ["black"] * len(titles)):
         _show(ax, image, cmap, centred)
@@ -154,7 +155,7 @@ def optimizer_curves(result: dict) -> Figure:
 def feature_maps(image, kernel, output, pooled, title: str) -> Figure:
     """An input image, one first-layer filter (each (C,H,W) or (H,W)), its output and the
     max-pooled output."""
-    fig = Figure(figsize=(12, 3.4), layout="tight")
+    fig = Figure(figsize=(8.5, 2.8), layout="tight")
     panels = (("input", image), ("conv1 filter", kernel), ("filter output", output), ("max-pooled", pooled))
     for ax, (label, data) in zip(fig.subplots(1, 4), panels):
         data = np.asarray(data)

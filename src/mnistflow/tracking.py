@@ -25,31 +25,16 @@ from typing import Any, Iterator
 
 import torch
 
+from mnistflow import ui
 from mnistflow.io import repo_root
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CANDIDATE = "champion", "candidate"
-# The MLflow 3 UI picks its layout from a workflow type in the page's URL (or the browser's last
-# choice), and the runs table's columns from a saved view: an experiment tag
-# `mlflow.sharedViewState.<key>` that `?viewStateShareKey=<key>` opens. Older UIs read the tag
-# `mlflow.experimentKind`. Links we print or write carry both.
-VIEW_KEY = "mnistflow"
-TRAINING_LAYOUT = "workflowType=machine_learning"
+# What the registered model's page says of its aliases.
+ALIAS_RULE = (f"`{CANDIDATE}` is the newest version; `{CHAMPION}` the version with the best test accuracy so far. "
+              "Each version's tags say why it got its alias.")
 PROCESS_TAG = "process"  # host:pid of the stage that runs it; finds runs a `kill -9` left RUNNING
-
-
-def ui_url() -> str:
-    """Where `make ui` serves the MLflow UI (the Makefile exports MLFLOW_UI_URL from its host and port)."""
-    return os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-
-
-def experiment_url(exp_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{exp_id}/runs?{TRAINING_LAYOUT}&viewStateShareKey={VIEW_KEY}"
-
-
-def run_url(exp_id: str, run_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?{TRAINING_LAYOUT}"
 
 
 @functools.cache
@@ -157,11 +142,10 @@ def relocate_store(db: Path) -> int:
     return changed
 
 
-def experiment_id(name: str, view_sets: list[str] = ()) -> str:
-    """Get or create the experiment: the model-training layout, a saved view of the runs table
-    with the headline metrics (accuracy on `view_sets`) and the params that tell runs apart,
-    and its artifacts in an absolute folder under mlruns/ (a relative one would resolve
-    inside DVC's temporary experiment copy and be lost)."""
+def experiment_id(name: str, reports: bool = False) -> str:
+    """Get or create the experiment, with its artifacts in an absolute folder under mlruns/ (a
+    relative one would resolve inside DVC's temporary experiment copy and be lost) and its saved
+    view of the runs table (`ui`). `reports`: the experiment of report runs."""
     store = client()
     exp = store.get_experiment_by_name(name)
     if exp is None:
@@ -172,34 +156,49 @@ def experiment_id(name: str, view_sets: list[str] = ()) -> str:
         except errors():  # created meanwhile by a parallel stage
             exp_id = store.get_experiment_by_name(name).experiment_id
         exp = store.get_experiment(exp_id)
-    tags = {"mlflow.experimentKind": "custom_model_development",
-            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(_runs_view(view_sets))}
-    for key, value in tags.items():
-        if view_sets and exp.tags.get(key) != value:
-            store.set_experiment_tag(exp.experiment_id, key, value)
+    if exp.tags.get("mlflow.experimentKind") != "custom_model_development":  # what UIs before 3.17 read
+        store.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    if reports:
+        ui.set_view(store, exp, ui.REPORTS, "mnistflow: report runs", ui.REPORTS_STATE)
+    else:
+        ui.set_view(store, exp, ui.HEADLINE, "mnistflow: headline metrics", ui.headline_state())
     return exp.experiment_id
 
 
-HEADLINE_PARAMS = ["model", "optimizer", "lr", "epochs", "batch_size", "shift"]
+def weights_url(experiment: str, model_md5: str) -> str:
+    """A link to the runs that made these weights: a view of their own, the filter inside."""
+    exp = client().get_experiment(experiment_id(experiment))
+    ui.set_view(client(), exp, ui.weights_view(model_md5), f"mnistflow: runs with weights {model_md5[:8]}",
+                ui.headline_state(search=f"tags.model_md5 = '{model_md5}'"))
+    return ui.runs_url(exp.experiment_id, ui.weights_view(model_md5))
 
 
-def _runs_view(sets: list[str]) -> dict:
-    """The runs table as the UI saves a view: accuracy per set, training time and the
-    params that differ between models, newest first."""
-    metrics = [f"{s}_acc" for s in sets] + ["val_acc", "train_seconds"]
-    return {"orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in metrics),
-                                *(f"params.`{p}`" for p in HEADLINE_PARAMS)]}
+def made_by() -> str:
+    """What made a run: the DVC experiment's name, else the commit (`git describe --dirty`:
+    `-dirty` for uncommitted changes)."""
+    return os.environ.get("DVC_EXP_NAME") or _git("describe", "--always", "--dirty", "--abbrev=7") or "no git"
+
+
+def run_label(model: str) -> str:
+    """A run's name: the model and what made it, e.g. `cnn · lr-sweep-3` or `cnn · 82d3e34`."""
+    return f"{model} · {made_by()}"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 def git_state() -> dict[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"),
-                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    """The commit of the code, whether the tree had uncommitted changes, and the short `baseline`
+    a column shows: the commit a DVC experiment was made from, else that commit."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {"git_commit": "unknown", "git_dirty": "unknown", "baseline": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+            "baseline": (os.environ.get("DVC_EXP_BASELINE_REV") or commit)[:7]}
 
 
 def file_md5(path: str | Path) -> str:
@@ -272,20 +271,24 @@ class TrackedRun:
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         info = mlflow.models.Model.log(artifact_path=None, name=name, registered_model_name=name,
                                        run_id=self.run_id, **log_model_args(model.cpu().eval(), **served))
-        self.client.set_registered_model_alias(name, CANDIDATE, info.registered_model_version)
+        version = info.registered_model_version
+        self.client.set_registered_model_alias(name, CANDIDATE, version)
+        self.client.set_model_version_tag(name, version, f"{CANDIDATE}_because",
+                                          f"the newest version: logged by run {self.client.get_run(self.run_id).info.run_name}")
+        self.client.update_registered_model(name, ALIAS_RULE)
         self.client.set_tag(self.run_id, "model_md5", file_md5(weights_path))
         log.info("model %s version %s logged in run %s", name, info.registered_model_version, self.run_id)
 
 
 @contextmanager
 def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
-                run_id: str | None = None, view_sets: list[str] = ()) -> Iterator[TrackedRun]:
+                run_id: str | None = None) -> Iterator[TrackedRun]:
     """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt.
     `run_id` continues that run (a training resumed after a kill) when the store has it.
     Runs that a `kill -9` left RUNNING are marked FAILED first."""
     from mlflow.entities import Param, RunStatus
 
-    exp_id = experiment_id(experiment, view_sets)
+    exp_id = experiment_id(experiment)
     fail_dead_runs(exp_id)
     store = client()
     if run_id and _run_exists(store, run_id):
@@ -374,9 +377,8 @@ def find_training_run(experiment: str, model: str, model_md5: str):
     exp = client().get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client().search_runs([exp.experiment_id], max_results=1,
-                              filter_string=f"tags.model_md5 = '{model_md5}' and attributes.run_name = '{model}'",
-                              order_by=["attributes.start_time DESC"])
+    runs = client().search_runs([exp.experiment_id], max_results=1, filter_string=f"tags.model_md5 = '{model_md5}'",
+                                order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
@@ -393,7 +395,7 @@ def run_for_model(experiment: str, model: str, model_md5: str) -> str:
         return run.info.run_id
     log.warning("no MLflow run holds %s with model_md5 %s; logging to a new evaluation-only run",
                 model, model_md5)
-    new = client().create_run(experiment_id(experiment), run_name=model,
+    new = client().create_run(experiment_id(experiment), run_name=f"{model} · evaluation only",
                               tags={"model_md5": model_md5, "evaluation_only": "true", **git_state()})
     client().set_terminated(new.info.run_id)
     return new.info.run_id
@@ -404,7 +406,6 @@ def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict[st
     """Add evaluation to the model's run without reopening it: metrics per set, linked to the
     set's dataset and to the logged model (so the Models tab compares by them), figures and
     per-class accuracy; then move `champion` to this version when it is the best so far."""
-    experiment_id(experiment, list(metrics))  # the saved view's columns follow the sets evaluated
     run = TrackedRun(client(), run_for_model(experiment, model, model_md5))
     outputs = run.client.get_run(run.run_id).outputs
     model_id = outputs.model_outputs[0].model_id if outputs and outputs.model_outputs else None
@@ -436,6 +437,9 @@ def promote(name: str, run_id: str, test_acc: float) -> None:
             return
         if test_acc > best:
             store.set_registered_model_alias(name, CHAMPION, version.version)
+            before = f"{best:.4f} of version {champion.version}" if champion else "no champion before"
+            store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
+                                        f"the best test accuracy so far: {test_acc:.4f} (over {before})")
             log.info("%s version %s (test_acc %.4f) is the new %s", name, version.version, test_acc, CHAMPION)
         else:
             log.info("%s stays at version %s (test_acc %.4f >= %.4f)", CHAMPION, champion.version, best, test_acc)
@@ -462,7 +466,8 @@ def log_report(dataset_name: str, files: list[Path], tags: dict) -> str:
     """A run of its own for one drawing of the report (figures that span models and the page),
     so no finished run of a model is ever changed by a later pipeline run."""
     store = client()
-    run = store.create_run(experiment_id(reports_experiment(dataset_name)), run_name="report", tags=tags)
+    run = store.create_run(experiment_id(reports_experiment(dataset_name), reports=True),
+                           run_name=run_label("report"), tags=tags)
     try:
         for path in files:
             store.log_artifact(run.info.run_id, str(path), "figures" if path.suffix == ".png" else None)
@@ -493,8 +498,16 @@ def main() -> None:
     names = sys.argv[1:] or [e.name for e in client().search_experiments() if e.name != "Default"]
     for name in names:
         exp = client().get_experiment_by_name(name)
-        if exp is not None:
-            print(f"{name}: {experiment_url(exp.experiment_id)}")
+        if exp is None:
+            continue
+        reports = name.endswith("-reports")
+        experiment_id(name, reports=reports)  # its view, also in a store from before the views
+        if reports:
+            print(f"{name}: {ui.runs_url(exp.experiment_id, ui.REPORTS)}")
+        else:
+            print(f"{name}: {ui.runs_url(exp.experiment_id)}")
+            print(f"{name} charts: {ui.runs_url(exp.experiment_id, charts=True)}")
+    print(ui.HOME_PAGE_HINT)
 
 
 if __name__ == "__main__":

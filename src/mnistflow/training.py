@@ -182,8 +182,8 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
             return []
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
     resume = distributed.from_main(checkpoint.load() if cfg.train.resume else None, world)
-    with tracking.tracked_run(dataset, name, params, tracking.run_tags(dataset, device),
-                              run_id=resume and resume["run_id"], view_sets=["test", *cfg.preprocess.variants]) as run:
+    with tracking.tracked_run(dataset, tracking.run_label(name), params, tracking.run_tags(dataset, device),
+                              run_id=resume and resume["run_id"]) as run:
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
             run.log_inputs([tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
                                              split.images, split.labels)], context)

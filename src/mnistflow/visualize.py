@@ -7,13 +7,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from urllib.parse import quote
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistflow import plots, tracking
+from mnistflow import plots, tracking, ui
 from mnistflow.config import Config
 from mnistflow.datasets import DATASETS
 from mnistflow.device import configure, fast_layout
@@ -41,7 +40,7 @@ def weights_figure(model: nn.Module, name: str, shape: tuple[int, int, int]):
     else:
         images, what = w[:32].view(-1, *shape), f"fc1 rows as {shape[1]}x{shape[2]} images (first 32)"
     return plots.image_grid(list(images), [str(i) for i in range(len(images))], f"{name}: {what}",
-                            columns=min(8, len(images)), cmap="coolwarm", centred=True)
+                            columns=min(8, len(images)), cmap="coolwarm", centred=True, cell=0.85)
 
 
 @torch.inference_mode()
@@ -134,9 +133,9 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         write_figure(figures_dir / name, fig, cfg.visualize.dpi)
     # Only what the inputs fix goes on the page (no run ids, times or commits): it is a DVC
     # output like any other, byte-identical when reproduced. Runs are found by the weights' md5.
-    experiment_url = tracking.experiment_url(tracking.experiment_id(cfg.data.dataset))
+    experiment_url = ui.runs_url(tracking.experiment_id(cfg.data.dataset))
     for fact in facts.values():
-        fact["url"] = experiment_url + "&searchFilter=" + quote(f"tags.model_md5 = '{fact['model_md5']}'")
+        fact["url"] = tracking.weights_url(cfg.data.dataset, fact["model_md5"])
     page = index_html(cfg, evals, per_class, facts, per_model, comparison, experiment_url,
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
@@ -160,7 +159,8 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
     e = html.escape
     sets = list(next(iter(evals.values())))
     classes = list(DATASETS[cfg.data.dataset].classes)
-    img = lambda f: f'<img src="{e(str(fig_dir))}/{e(f)}" alt="{e(f)}">'  # noqa: E731
+    img = lambda f, wide=False: (f'<img src="{e(str(fig_dir))}/{e(f)}" alt="{e(f)}"'  # noqa: E731
+                                 + (' class="wide">' if wide else ">"))
     acc_rows = "".join(
         f"<tr><th>{e(m)}</th>" + "".join(f"<td>{evals[m][s]['acc']:.4f}</td>" for s in sets)
         + f"<td>{evals[m]['test']['macro_f1']:.4f}</td></tr>" for m in cfg.train.models)
@@ -169,7 +169,7 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
     sections = "".join(_model_section(cfg, m, evals[m], facts[m], [img(f) for f in per_model[m]])
                        for m in cfg.train.models)
     pc = lambda v: "&ndash;" if v is None else f"{v:.3f}"  # noqa: E731  (None: no samples of that class)
-    optimizers = _optimizers_section(comparison, img("optimizers.png")) if comparison else ""
+    optimizers = _optimizers_section(comparison, img("optimizers.png", wide=True)) if comparison else ""
     class_rows = "".join(
         f"<tr><th>{e(c)}</th>" + "".join(f"<td>{pc(per_class[m][c])}</td>" for m in cfg.train.models)
         + "</tr>" for c in classes)
@@ -180,8 +180,9 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1500px; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 .top, .figs {{ display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }}
-.figs img {{ max-width: 560px; }}
-.top img {{ max-width: 700px; }}
+.figs img {{ max-width: 720px; }}  /* a figure is at most 7.2 inches wide at 100 dpi: shown at its size */
+.top img {{ max-width: 800px; }}
+.figs img.wide {{ max-width: 100%; }}
 section {{ border-top: 2px solid #ddd; margin-top: 1.5em; }}
 img {{ border: 1px solid #eee; }}
 </style></head><body>
@@ -195,7 +196,7 @@ img {{ border: 1px solid #eee; }}
 {ece_rows}</table></div>
 <div>{img("robustness.png")}</div></div>
 {sections}
-<section><h2>All models</h2><div class="figs">{img("loss_curves.png")}{img("samples.png")}</div>
+<section><h2>All models</h2><div class="figs">{img("loss_curves.png", wide=True)}{img("samples.png")}</div>
 <h3>Per-class accuracy on the test set</h3>
 <table id="per-class"><tr><th>class</th>{"".join(f"<th>{e(m)}</th>" for m in cfg.train.models)}</tr>{class_rows}</table>
 </section>{optimizers}

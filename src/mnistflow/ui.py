@@ -1,0 +1,85 @@
+"""What a user sees of the project's runs in MLflow 3.17's UI: the saved views of the runs table,
+and the links that open them.
+
+The UI takes its layout from `workflowType` in the URL, else from the browser's last choice
+(GenAI until the user picks "Model training" once); no experiment tag or server setting changes
+that, so every link carries it. A runs-table view is an experiment tag
+`mlflow.sharedViewState.<key>` holding a named envelope (what the UI's "Save view" writes, so the
+view is listed under Views), opened by `?viewStateShareKey=<key>`. A `searchFilter` beside it in
+the URL makes the UI drop the view, so a filtered link gets a view of its own with the filter
+inside. The table orders its columns by kind (run name, created, metrics, params, tags), each
+kind by name, whatever the view lists: so the run name says the model and what made it, and the
+view holds few enough columns to fit 1600 px."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+VIEW_PREFIX = "mlflow.sharedViewState."
+TRAINING_LAYOUT = "workflowType=machine_learning"
+HEADLINE = "mnistflow"  # the runs table of a dataset's experiment
+REPORTS = "mnistflow-reports"  # the report runs
+# The params that tell runs apart, and the tags that say what made them.
+HEADLINE_PARAMS = ["model", "optimizer", "lr", "epochs", "batch_size", "shift"]
+HEADLINE_TAGS = ["dvc_exp_name", "baseline", "model_md5"]
+HOME_PAGE_HINT = ("From MLflow's home page an experiment opens in the GenAI layout (traces, no data): pick 'Model "
+                  "training' at the top left once (the browser keeps it), then Views -> 'mnistflow: headline metrics'.")
+
+
+def ui_url() -> str:
+    """Where `make ui` serves the MLflow UI (the Makefile exports MLFLOW_UI_URL from its host and port)."""
+    return os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def runs_url(exp_id: str, view: str = HEADLINE, charts: bool = False) -> str:
+    return (f"{ui_url()}/#/experiments/{exp_id}/runs?{TRAINING_LAYOUT}&viewStateShareKey={view}"
+            + ("&compareRunsMode=CHART" if charts else ""))
+
+
+def run_url(exp_id: str, run_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?{TRAINING_LAYOUT}"
+
+
+def weights_view(model_md5: str) -> str:
+    """The key of the view of the runs that made these weights (the report page links it)."""
+    return f"weights-{model_md5[:12]}"
+
+
+def headline_state(search: str = "") -> dict:
+    """The runs table: test accuracy and calibration, validation accuracy, what varied, what made
+    the run; newest first (the crop sets' accuracy is on the report page and among the charts).
+    Its charts: test accuracy per run, and what varied against it."""
+    metrics = ["test_acc", "test_ece", "val_acc"]
+    section = "mnistflow-headline"
+    return {
+        "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": False,
+        "selectedColumns": [*(f"metrics.`{m}`" for m in metrics), *(f"params.`{p}`" for p in HEADLINE_PARAMS),
+                            *(f"tags.`{t}`" for t in HEADLINE_TAGS)],
+        "compareRunSections": [{"uuid": section, "name": "Headline metrics", "display": True, "isReordered": True,
+                                "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [
+            {"uuid": "mnistflow-test-acc", "type": "BAR", "runsCountToCompare": 10, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "metricKey": "test_acc"},
+            {"uuid": "mnistflow-parallel", "type": "PARALLEL", "runsCountToCompare": 10, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "selectedParams": HEADLINE_PARAMS[1:5], "selectedMetrics": ["test_acc"], "showAllRuns": False}],
+        "isAccordionReordered": True,
+    }
+
+
+REPORTS_STATE = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+                 "selectedColumns": ["tags.`models`", "tags.`dvc_exp_name`", "tags.`baseline`"]}
+
+
+def set_view(client, exp, key: str, name: str, state: dict) -> None:
+    """Write the view as the UI's "Save view" does, unless the experiment already holds it."""
+    tag = VIEW_PREFIX + key
+    try:
+        old = json.loads(exp.tags.get(tag, ""))
+        if old.get("name") == name and json.loads(old["state"]) == state:
+            return
+        created = old.get("createdAt", int(time.time() * 1000))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        created = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": created, "updatedAt": int(time.time() * 1000), "state": json.dumps(state)}
+    client.set_experiment_tag(exp.experiment_id, tag, json.dumps(envelope))
