@@ -1,5 +1,7 @@
 # make repro: set up (venv, OS data copy) and run the whole pipeline.
 # make test:  the same set-up, then the tests.
+# The other targets are short aliases of `mnistflow <command>` (`.venv/bin/mnistflow --help`);
+# only those that need OS packages (data, browser, database) install them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -10,7 +12,6 @@ SERVE_PORT ?= 5001
 MODEL ?= cnn
 COMPARE_MODEL ?= mlp
 JOBS ?= 2
-STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 # DVC stage commands call `python`: make it the venv's.
@@ -19,15 +20,19 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup repro exps dag screenshots compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup venv server-tools repro exps dag screenshots compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
-setup: $(VENV)/.installed system-data $(PLOTS_PAGE)
+setup: venv system-data $(PLOTS_PAGE)
 
-$(VENV)/.installed: requirements.txt
+# The Python packages alone: the pinned requirements, and this package (editable) for `mnistflow`.
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
+		--config-settings editable_mode=compat -e .
 	touch $@
 
 # The offline source of Fashion-MNIST: Debian's dataset-fashion-mnist, installed only
@@ -41,10 +46,10 @@ system-data:
 
 # `dvc plots show` draws offline: Vega, Vega-Lite and vega-embed (DVC's versions) from the npm
 # registry, inlined into the page template that .dvc/config names.
-$(PLOTS_PAGE): src/mnistflow/plotpage.py | $(VENV)/.installed
+$(PLOTS_PAGE): src/mnistflow/tools/plotpage.py | venv
 	npm install --prefix .plots --no-audit --no-fund --legacy-peer-deps --silent \
 		vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
-	PYTHONPATH=src $(BIN)/python -m mnistflow.plotpage .plots/node_modules $@
+	PYTHONPATH=src $(BIN)/python -m mnistflow.tools.plotpage .plots/node_modules $@
 
 # What some tests drive: headless Chromium (report page, MLflow UI, DVC plots), an OpenSSH
 # server (the SSH remote), PostgreSQL (the team server) and qemu-user (other CPUs, emulated, for
@@ -65,22 +70,22 @@ repro: setup
 
 # Which params gave which accuracy: one table per model, what varied for it and its accuracy per
 # test set, at 120 columns and in a pipe (EXPS_FORMAT=--md or --csv for others).
-exps: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.exps $(EXPS_FORMAT)
+exps: venv
+	$(BIN)/mnistflow exps $(EXPS_FORMAT)
 
 # The pipeline's stages and what each runs after, at 100 columns (docs/pipeline.md has the chart).
-dag: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.dag
+dag: venv
+	$(BIN)/mnistflow dag
 
 # The docs' MLflow screenshots (docs/mlflow-*.png) from this repo's own store, after `make repro`.
-screenshots: setup test-tools
-	PYTHONPATH=src $(BIN)/python -m mnistflow.screenshots --out docs
+screenshots: venv test-tools
+	$(BIN)/mnistflow screenshots --out docs
 
 # The tutorials' optimizer comparison: COMPARE_MODEL once per optimizer (sgd, adam, adadelta,
 # adagrad, rmsprop) as queued DVC experiments on JOBS workers; their curves go to
 # reports/optimizers.json (commit it), which `dvc repro` draws on the report page.
 compare-optimizers: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.compare --model $(COMPARE_MODEL) --jobs $(JOBS)
+	$(BIN)/mnistflow compare-optimizers --model $(COMPARE_MODEL) --jobs $(JOBS)
 	$(BIN)/dvc repro
 
 # The MNIST tutorial's MLP (784-500-10, Adam at 1e-3, batch 100, 10 epochs, no schedule) and its
@@ -98,8 +103,7 @@ mnist-tutorial: setup
 # Training speed: the tutorial's textbook loop against the project's on the default cnn, in both
 # numerics modes (bench/train_speed.py; docs/benchmarks.md).
 bench: setup
-	$(BIN)/dvc repro preprocess
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/mnistflow bench
 
 # Eight queued experiments on four workers against the team server and against sqlite, on tiny
 # data in a clone of HEAD: runs complete, errors, log_batch latency (the README's load table).
@@ -112,22 +116,30 @@ bench-team: setup test-tools
 SERVER_DIR ?= .server
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5050
-server: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.server start --dir $(SERVER_DIR) --host $(SERVER_HOST) --port $(SERVER_PORT)
+server: venv server-tools
+	$(BIN)/mnistflow server start --dir $(SERVER_DIR) --host $(SERVER_HOST) --port $(SERVER_PORT)
 
-server-stop: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.server stop --dir $(SERVER_DIR)
+server-stop: venv
+	$(BIN)/mnistflow server stop --dir $(SERVER_DIR)
+
+# PostgreSQL for the team server: Debian's, installed only where we are root with apt-get.
+server-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql (for the team server)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+			|| echo "could not install postgresql: install it, then make server"; \
+	fi
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
-push: setup
+push: venv
 	$(BIN)/dvc push
 
-pull: setup
+pull: venv
 	$(BIN)/dvc pull
 
 # Does the committed dvc.lock record the committed code and params? (CI runs it; nothing is trained.)
-lock-check: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.lockcheck
+lock-check: venv
+	$(BIN)/mnistflow lock-check
 
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
 test: setup test-tools
@@ -139,29 +151,25 @@ test-slow: setup test-tools
 	$(BIN)/python -m pytest -m slow
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.
-test-fast: setup
+test-fast: venv
 	$(BIN)/python -m pytest -m "not e2e and not slow" -n 2
 
 # The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
-repro-check: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.reprocheck
+repro-check: venv system-data
+	$(BIN)/mnistflow repro-check
 
 # Lineage of an MLflow run: `make lineage RUN=<run id>`; `make restore RUN=<run id> DEST=<new dir>`.
-lineage: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.lineage show $(RUN)
+lineage: venv
+	$(BIN)/mnistflow lineage $(RUN)
 
-restore: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.lineage restore $(RUN) $(DEST)
+restore: venv
+	$(BIN)/mnistflow restore $(RUN) $(DEST)
 
 # The MLflow UI over the project's store, on loopback unless UI_HOST says otherwise. First the
 # store is checked (repointed if the repo moved) and the page to open is printed.
-ui: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.tracking
-	$(BIN)/mlflow server --host $(UI_HOST) --port $(UI_PORT) --backend-store-uri $(STORE)
+ui: venv
+	$(BIN)/mnistflow ui --host $(UI_HOST) --port $(UI_PORT)
 
 # The champion of one model (`make serve MODEL=lenet`) as a REST endpoint: POST raw pixels to /invocations.
-serve: setup
-	PYTHONPATH=src $(BIN)/python -m mnistflow.tracking >/dev/null
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/mlflow models serve --env-manager local \
-		-m "models:/$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["data"]["dataset"])')-$(MODEL)@champion" \
-		--host $(SERVE_HOST) --port $(SERVE_PORT)
+serve: venv
+	$(BIN)/mnistflow serve $(MODEL) --host $(SERVE_HOST) --port $(SERVE_PORT)

@@ -24,18 +24,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.numerics import pin  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.core.numerics import pin  # noqa: E402
 
 NUMERICS = load_config().numerics
 pin(NUMERICS.mode, NUMERICS.threads)  # before torch loads, as in every stage
 import torch  # noqa: E402
 
-from mnistflow.device import configure, fast_layout, keep_freed_memory, set_determinism, uses_bf16  # noqa: E402
-from mnistflow.inference import Normalizer  # noqa: E402
+from mnistflow.core.device import configure, fast_layout, keep_freed_memory, set_determinism, uses_bf16  # noqa: E402
+from mnistflow.models.inference import Normalizer  # noqa: E402
 from mnistflow.models import create_model, model_names  # noqa: E402
-from mnistflow.splits import load_split, read_stats  # noqa: E402
-from mnistflow.training import fit  # noqa: E402
+from mnistflow.data.splits import load_split, read_stats  # noqa: E402
+from mnistflow.train.training import fit  # noqa: E402
 
 DATA = Path("data/processed")
 CPU = torch.device("cpu")

@@ -1,6 +1,6 @@
 """Load on the tracking store: EXPS experiments queued and run with `dvc queue start -j JOBS`
 in a clone of this repo's HEAD on tiny generated data, against the team server (PostgreSQL,
-basic auth: `python -m mnistflow.server`) and against the sqlite store; then every
+basic auth: `python -m mnistflow.tools.server`) and against the sqlite store; then every
 experiment's MLflow run is checked (finished, its params, the full metric history, the logged
 model, the evaluation; none failed, none twice). Meanwhile a probe client logs one epoch's
 metrics with log_batch every 0.1 s, as a train stage does: its latencies are the store's
@@ -31,9 +31,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from mnistflow import compare, server, tracking  # noqa: E402
-from mnistflow.reprocheck import shrink, user_env  # noqa: E402
-from mnistflow.synthetic import write_idx  # noqa: E402
+from mnistflow.tools import compare, server
+from mnistflow import tracking  # noqa: E402
+from mnistflow.tools.reprocheck import shrink, user_env  # noqa: E402
+from mnistflow.data.synthetic import write_idx  # noqa: E402
 
 MODEL, EPOCHS, DATASET = "mlp", 2, "mnist"
 EPOCH_KEYS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.numerics import pin  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.core.numerics import pin  # noqa: E402
 
 NUMERICS = load_config().numerics
 pin(NUMERICS.mode, NUMERICS.threads)  # as the train stage

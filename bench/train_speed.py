@@ -7,7 +7,7 @@ cnn first reaches 92.0% validation accuracy, with the default numerics.
 Rows:
 - textbook: torchvision's dataset, ToTensor and Normalize per image, a DataLoader with 2
   workers, fp32 with PyTorch's default numerics (what the tutorial runs);
-- textbook, portable pins: the same loop under the portable pins (mnistflow.numerics);
+- textbook, portable pins: the same loop under the portable pins (mnistflow.core.numerics);
 - project, portable: `fit` as the train stage runs it with numerics portable (the default);
 - project, fast: the same with numerics fast (bf16 where the CPU has bf16 units, oneDNN,
   channels-last);
@@ -30,8 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from mnistflow.config import load_config  # noqa: E402  (no torch: the pins come first)
-from mnistflow.numerics import pin  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402  (no torch: the pins come first)
+from mnistflow.core.numerics import pin  # noqa: E402
 
 MODEL, TARGET = "cnn", 0.92
 DATA = ROOT / "data/processed"
@@ -55,7 +55,7 @@ def textbook_epoch(cfg, device, stats) -> float:
     from torchvision import transforms
 
     from mnistflow.models import create_model
-    from mnistflow.optim import build_optimizer
+    from mnistflow.train.optim import build_optimizer
 
     mc = cfg.model(MODEL)
     ds = torchvision.datasets.FashionMNIST(str(ROOT / f"data/raw/{cfg.data.dataset}"), train=True, download=False,
@@ -83,11 +83,11 @@ def project_fit(cfg, device, mode: str, epochs: int = 1, deterministic: bool = T
     """The project's `fit` as the train stage runs it (channels-last, bf16 where it applies)."""
     import torch
 
-    from mnistflow.device import fast_layout, set_determinism, uses_bf16
-    from mnistflow.inference import Normalizer
+    from mnistflow.core.device import fast_layout, set_determinism, uses_bf16
+    from mnistflow.models.inference import Normalizer
     from mnistflow.models import create_model
-    from mnistflow.splits import load_split, read_stats
-    from mnistflow.training import fit
+    from mnistflow.data.splits import load_split, read_stats
+    from mnistflow.train.training import fit
 
     set_determinism(cfg.seed, deterministic)
     train, val = (load_split(DATA / f"{s}.pt").to(device) for s in ("train", "val"))
@@ -106,9 +106,9 @@ def measure(row: str) -> dict:
         pin(mode, cfg.numerics.threads)
     import torch
 
-    from mnistflow.device import configure, select_device
-    from mnistflow.numerics import what_ran
-    from mnistflow.splits import read_stats
+    from mnistflow.core.device import configure, select_device
+    from mnistflow.core.numerics import what_ran
+    from mnistflow.data.splits import read_stats
 
     if mode is not None:
         configure(mode, cfg.numerics.threads)
@@ -127,7 +127,7 @@ def time_to_accuracy() -> tuple[int, float] | None:
     """(epochs, seconds of training passes) until the default cnn first reaches TARGET val acc."""
     cfg = load_config(ROOT / "params.yaml")
     pin(cfg.numerics.mode, cfg.numerics.threads)
-    from mnistflow.device import configure, select_device
+    from mnistflow.core.device import configure, select_device
 
     device = select_device(cfg.device)
     configure(cfg.numerics.mode, cfg.numerics.threads)

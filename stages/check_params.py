@@ -6,10 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
 
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.datasets import DATASETS  # noqa: E402
-from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.io import write_bytes  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.data.datasets import DATASETS  # noqa: E402
+from mnistflow.core.errors import run_stage  # noqa: E402
+from mnistflow.core.io import write_bytes  # noqa: E402
 from mnistflow.models import check_input, model_names  # noqa: E402
 from mnistflow.tracking import check_server  # noqa: E402
 

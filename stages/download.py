@@ -4,11 +4,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
 
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.datasets import DATASETS  # noqa: E402
-from mnistflow.download import fetch  # noqa: E402
-from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.io import repo_root  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.data.datasets import DATASETS  # noqa: E402
+from mnistflow.data.download import fetch  # noqa: E402
+from mnistflow.core.errors import run_stage  # noqa: E402
+from mnistflow.core.io import repo_root  # noqa: E402
 
 
 def main() -> None:

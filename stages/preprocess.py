@@ -4,17 +4,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
 
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.numerics import pin  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.core.errors import run_stage  # noqa: E402
+from mnistflow.core.numerics import pin  # noqa: E402
 
 
 def main() -> None:
     raw_dir, out_dir = sys.argv[1:]
     cfg = load_config()
     pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
-    from mnistflow.datasets import DATASETS
-    from mnistflow.splits import preprocess
+    from mnistflow.data.datasets import DATASETS
+    from mnistflow.data.preprocess import preprocess
 
     preprocess(Path(raw_dir), DATASETS[cfg.data.dataset], cfg.data.val_size, cfg.seed,
                cfg.preprocess.variants, Path(out_dir))

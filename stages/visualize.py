@@ -5,16 +5,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # also in DVC's temp exp copies
 
-from mnistflow.config import load_config  # noqa: E402
-from mnistflow.errors import run_stage  # noqa: E402
-from mnistflow.numerics import pin  # noqa: E402
+from mnistflow.core.config import load_config  # noqa: E402
+from mnistflow.core.errors import run_stage  # noqa: E402
+from mnistflow.core.numerics import pin  # noqa: E402
 
 
 def main() -> None:
     data_dir, models_dir, train_dir, eval_dir, optimizers, figures_dir, index = map(Path, sys.argv[1:])
     cfg = load_config()
     pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
-    from mnistflow.visualize import visualize
+    from mnistflow.report.visualize import visualize
 
     visualize(cfg, data_dir, models_dir, train_dir, eval_dir, optimizers, figures_dir, index)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistflow.reprocheck import shrink, user_env
-from mnistflow.synthetic import write_idx
+from mnistflow.tools.reprocheck import shrink, user_env
+from mnistflow.data.synthetic import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
@@ -70,7 +70,7 @@ def make_project(dest: Path, mirror: Path, **train_overrides) -> Path:
 def add_make(project: Path) -> Path:
     """Let `make TARGET` run in a test project as in a clone: its Makefile over this checkout's
     set-up (venv, offline plots page)."""
-    for name in ("Makefile", "requirements.txt"):
+    for name in ("Makefile", "requirements.txt", "requirements-test.txt", "pyproject.toml"):
         shutil.copy2(ROOT / name, project / name)
     for made_by_setup in (".venv", ".plots"):
         (project / made_by_setup).symlink_to(ROOT / made_by_setup)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import make_project, pipeline_env, run, runs_of, set_params
-from mnistflow.datasets import DATASETS
+from mnistflow.data.datasets import DATASETS
 from mnistflow.models import create_model
-from mnistflow.synthetic import write_cifar
+from mnistflow.data.synthetic import write_cifar
 
 pytestmark = pytest.mark.e2e
 MODELS = ["seq_cnn", "mlp"]

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistflow.config import StepScheduler, load_config, parse_config
-from mnistflow.errors import ConfigError
+from mnistflow.core.config import StepScheduler, load_config, parse_config
+from mnistflow.core.errors import ConfigError
 from mnistflow.models import model_names
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())

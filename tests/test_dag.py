@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnistflow import dag
+from mnistflow.tools import dag
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mnistflow.synthetic import write_cifar, write_idx
-from mnistflow.config import VariantConfig
-from mnistflow.datasets import CIFAR_FILES, DATASETS, IDX_FILES
-from mnistflow.download import fetch, raw_folder
-from mnistflow.errors import ConfigError, DataError
-from mnistflow.splits import (Split, load_split, make_variant, preprocess, random_shift, read_raw,
-                              save_split, split_train_val)
+from mnistflow.data.synthetic import write_cifar, write_idx
+from mnistflow.core.config import VariantConfig
+from mnistflow.data.datasets import CIFAR_FILES, DATASETS, IDX_FILES
+from mnistflow.data.download import fetch, raw_folder
+from mnistflow.core.errors import ConfigError, DataError
+from mnistflow.data.preprocess import preprocess, read_raw, split_train_val
+from mnistflow.data.splits import Split, load_split, save_split
+from mnistflow.data.transforms import make_variant, random_shift
 
 MNIST = DATASETS["mnist"]
 CIFAR = DATASETS["cifar10"]

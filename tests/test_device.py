@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistflow import device
-from mnistflow.device import autocast, cpu_has_bf16, fast_layout, select_device, set_determinism, uses_bf16
+from mnistflow.core import device
+from mnistflow.core.device import autocast, cpu_has_bf16, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.models import create_model
-from mnistflow.errors import ConfigError
+from mnistflow.core.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -80,7 +80,7 @@ def test_determinism_seeds_and_sets_flags():
 
 FREED_BYTES = """
 import ctypes, sys
-from mnistflow.device import keep_freed_memory
+from mnistflow.core.device import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 class Info(ctypes.Structure):  # glibc's struct mallinfo2

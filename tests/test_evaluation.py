@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mnistflow.evaluation import BINS, evaluate_split, metric_collection, reliability
-from mnistflow.inference import Normalizer, predict
-from mnistflow.splits import Split
+from mnistflow.evaluate.evaluation import BINS, evaluate_split, metric_collection, reliability
+from mnistflow.models.inference import Normalizer, predict
+from mnistflow.data.splits import Split
 
 C = 5  # classes 0-2 in the labels; 3 predicted often but never a label; 4 never predicted nor a label
 
@@ -126,8 +126,8 @@ def test_predict_returns_classes_and_mean_cross_entropy():
 
 def test_torchmetrics_is_imported_by_the_evaluate_stage_alone():
     """Its import (about 2 s: it loads torchvision and scipy) is paid by the stage that uses it."""
-    code = ("import sys, mnistflow.training, mnistflow.visualize, mnistflow.tracking; "
-            "before = 'torchmetrics' in sys.modules; import mnistflow.evaluation; "
+    code = ("import sys, mnistflow.train.training, mnistflow.report.visualize, mnistflow.tracking; "
+            "before = 'torchmetrics' in sys.modules; import mnistflow.evaluate.evaluation; "
             "print(before, 'torchmetrics' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

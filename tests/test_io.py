@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from mnistflow.errors import DataError
-from mnistflow.io import write_bytes
+from mnistflow.core.errors import DataError
+from mnistflow.core.io import write_bytes
 
 
 def test_an_output_gets_the_mode_the_umask_gives_any_new_file(tmp_path):

@@ -23,9 +23,9 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import add_make, free_port, make_project, pipeline_env, run
-from mnistflow import screenshots as shots
+from mnistflow.tools import screenshots as shots
 from mnistflow.tracking import file_md5
-from mnistflow.ui import HOME_PAGE_HINT, ui_url
+from mnistflow.tracking.ui import HOME_PAGE_HINT, ui_url
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]

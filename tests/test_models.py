@@ -7,7 +7,7 @@ import yaml
 from torch import nn
 
 from conftest import ROOT
-from mnistflow.errors import ConfigError
+from mnistflow.core.errors import ConfigError
 from mnistflow.models import check_input, create_model, model_names, register
 from mnistflow.models.dynamic import MAX_REPEATS
 from mnistflow.models.two_layer import MyReLU

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import add_make, make_project, pipeline_env, run, runs_of
-from mnistflow.reprocheck import compare, pipeline_run
+from mnistflow.tools.reprocheck import compare, pipeline_run
 
 pytestmark = pytest.mark.e2e
 MODELS = ["two_layer", "dynamic"]

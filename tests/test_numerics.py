@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mnistflow import numcheck, numerics
+from mnistflow.tools import numcheck
+from mnistflow.core import numerics
 
-# What `python -m mnistflow.numcheck` prints with portable numerics at 2 threads: the same on this
+# What `python -m mnistflow.tools.numcheck` prints with portable numerics at 2 threads: the same on this
 # project's AMD EPYC (Zen 4, AVX-512) machine and under qemu as Haswell-v4 and EPYC-Rome.
 GOLDEN = {
     "preprocess": "616c9f8bf93cb12ed3318c059418d89f",
@@ -68,7 +69,7 @@ def test_leaving_out_any_one_pin_breaks_the_agreement(pin):
 
 
 def test_pin_sets_the_portable_environment_and_refuses_once_torch_is_loaded():
-    code = ("import os, sys; from mnistflow.numerics import pin; pin(sys.argv[1], 4, 2); "
+    code = ("import os, sys; from mnistflow.core.numerics import pin; pin(sys.argv[1], 4, 2); "
             "print(' '.join(os.environ.get(k, '-') for k in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR', "
             "'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'))); import torch; pin('fast', 2)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ATEN_CPU_CAPABILITY": "avx512"}

@@ -3,8 +3,8 @@ import typing
 import pytest
 import torch
 
-from mnistflow.config import ModelConfig
-from mnistflow.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, step_scheduler
+from mnistflow.core.config import ModelConfig
+from mnistflow.train.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, step_scheduler
 
 
 def model_config(optimizer="sgd", scheduler="none", epochs=4, weight_decay=0.0, **settings):

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from conftest import ROOT, SECRET, make_project, pipeline_env, run, runs_of, set_params
 from mnistflow.tracking import file_md5
-from mnistflow.ui import ui_url
+from mnistflow.tracking.ui import ui_url
 
 sys.path.insert(0, "src")
 from mnistflow.models import create_model  # noqa: E402
@@ -42,12 +42,18 @@ def project(tmp_path_factory, tiny_mirror):
     FIRST_CNN.append((project / "models/cnn.pt").read_bytes())
     FIRST_RUNS.extend(runs_of(project))
     FIRST_ARTIFACTS.update(artifacts_of(project, FIRST_RUNS))
+    FIRST.update(commit=run(["git", "rev-parse", "--short=7", "HEAD"], project).stdout.strip(),
+                 reports=runs_of(project, "mnist-reports"), page=(project / "reports/index.html").read_text(),
+                 per_class={m: (project / f"reports/eval/{m}.per_class.json").read_text() for m in MODELS})
     return project, first
 
 
 FIRST_CNN: list[bytes] = []  # the weights of the first training of cnn, for the restore test
 FIRST_RUNS: list = []  # the runs of the first pipeline run
 FIRST_ARTIFACTS: dict[str, bytes] = {}  # every artifact of those runs and their logged models
+# The commit, report runs, page and per-class files of the first pipeline run: tests run in any
+# order (pytest-randomly), and some move the workspace on.
+FIRST: dict = {}
 
 
 def artifacts_of(project, runs) -> dict[str, bytes]:
@@ -93,10 +99,9 @@ def test_repro_writes_every_output(project):
 def test_each_model_has_a_complete_mlflow_run(project):
     project, _ = project
     client = client_for(project)
-    runs = runs_of(project)
+    runs = FIRST_RUNS  # as they were right after the first pipeline run
     assert sorted(r.data.params["model"] for r in runs) == sorted(MODELS)
-    commit = run(["git", "rev-parse", "--short=7", "HEAD"], project).stdout.strip()
-    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} · {commit}" for m in MODELS)  # model · what made it
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} · {FIRST['commit']}" for m in MODELS)  # model · what made it
     exp = client.get_experiment(runs[0].info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training layout
     view = json.loads(exp.tags["mlflow.sharedViewState.mnistflow"])  # a saved view, listed under Views
@@ -154,8 +159,12 @@ def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(projec
 
     test = torch.load(project / "data/processed/test.pt", weights_only=True)
     stats = json.loads((project / "data/processed/stats.json").read_text())
+    # The champion's own weights, from DVC's cache by their md5 (the workspace may have moved on).
+    champion_md5 = client.get_run(client.get_model_version_by_alias(f"mnist-{model}", "champion").run_id) \
+        .data.tags["model_md5"]
     net = create_model(model)
-    net.load_state_dict(torch.load(project / f"models/{model}.pt", weights_only=True))
+    net.load_state_dict(torch.load(project / ".dvc/cache/files/md5" / champion_md5[:2] / champion_md5[2:],
+                                   weights_only=True))
     net.eval()
     with torch.no_grad():
         mean, std = (torch.tensor(stats[k]).view(-1, 1, 1) for k in ("mean", "std"))  # per channel
@@ -166,8 +175,9 @@ def test_the_champion_takes_raw_pixels_and_predicts_like_the_weights_file(projec
         test["images"].numpy())
     predicted = [int(c) for c in served["class"]]  # the class names of mnist are its digits
     assert predicted == expected.tolist()
+    champion_run = client.get_run(client.get_model_version_by_alias(f"mnist-{model}", "champion").run_id)
     assert ((torch.tensor(predicted) == test["labels"]).float().mean().item()
-            == pytest.approx(r.data.metrics["test_acc"]))
+            == pytest.approx(champion_run.data.metrics["test_acc"]))
     assert np.allclose([sum(p.values()) for p in served["probabilities"]], 1, atol=1e-4)
     # The PyTorch flavour still loads: raw uint8 in, probabilities out.
     torch_model = mlflow.pytorch.load_model(logged.model_uri, dst_path=str(tmp_path))
@@ -212,9 +222,10 @@ def test_a_bad_param_stops_dvc_before_any_output_is_touched(project):
 
 def test_evaluation_outputs_and_figures(project):
     project, _ = project
+    variants = list(yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["variants"])
     for model in MODELS:
         report = json.loads((project / f"reports/eval/{model}.all.json").read_text())
-        assert list(report) == ["test", "crop22", "crop18"]
+        assert list(report) == ["test", *variants]
         # DVC's metrics file: accuracy per set, so `dvc metrics show` is a models x sets table.
         assert json.loads((project / f"reports/eval/{model}.json").read_text()) == \
             {s: m["acc"] for s, m in report.items()}
@@ -252,20 +263,19 @@ def test_evaluation_outputs_and_figures(project):
 def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_own(project):
     project, _ = project
     client = client_for(project)
-    for r in runs_of(project):
+    for r in FIRST_RUNS:
         metrics = set(r.data.metrics)
         assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss", "test_ece", "test_top2_acc",
                 "test_macro_auroc", "test_macro_precision", "test_macro_recall", "crop18_ece"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "confusion_test.png" in artifacts and "figures" not in artifacts
-        per_class = json.loads((project / f"reports/eval/{r.data.params['model']}.per_class.json").read_text())
-        assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == per_class
-    (report,) = runs_of(project, "mnist-reports")
+        assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == \
+            json.loads(FIRST["per_class"][r.data.params["model"]])
+    (report,) = FIRST["reports"]  # the first pipeline run drew the report once, in a run of its own
     assert report.info.run_name.startswith("report · ") and report.info.status == "FINISHED"
     figures = [a.path for a in client.list_artifacts(report.info.run_id, "figures")]
     assert "figures/robustness.png" in figures and "figures/mistakes_cnn.png" in figures
-    assert mlflow.artifacts.load_text(f"{report.info.artifact_uri}/index.html") == \
-        (project / "reports/index.html").read_text()
+    assert mlflow.artifacts.load_text(f"{report.info.artifact_uri}/index.html") == FIRST["page"]
 
 
 def test_evaluation_is_byte_identical_when_run_again(project):
@@ -377,7 +387,7 @@ def test_fast_numerics_still_train_and_say_so_in_the_run(project):
     dvc(project, "exp", "run", "--temp", "-S", "numerics.mode=fast", "-S", "train.models=[lenet]", "-n", "fast")
     fast = runs_of(project)[-1]
     assert fast.info.run_name == "lenet · fast" and fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
-    from mnistflow.device import cpu_has_bf16
+    from mnistflow.core.device import cpu_has_bf16
     assert fast.data.params["numerics"] == "fast" and fast.data.params["mkl_branch"] == "auto"
     assert fast.data.params["precision"] == ("bf16" if cpu_has_bf16() else "fp32")  # train.amp: bf16 units only
     assert fast.data.params["cpu_isa"] == torch.backends.cpu.get_cpu_capability()  # the CPU's own choice
@@ -400,8 +410,8 @@ def test_champion_stays_when_a_worse_experiment_comes_in_and_finished_runs_never
     assert [client.get_run(r.info.run_id).data.metrics for r in FIRST_RUNS] == [r.data.metrics for r in FIRST_RUNS]
 
 
-def test_visualization_and_variant_changes_retrain_nothing(project):
-    project, _ = project
+def test_visualization_and_variant_changes_retrain_nothing(project, tmp_path):
+    project = copy_of(project[0], tmp_path)  # a new variant adds its evaluation to the first runs
 
     def change(key, value):
         set_params(project, key, value)
@@ -422,11 +432,11 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
     dvc(project, "repro")
     assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]
     env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
-    shown = run([sys.executable, "-m", "mnistflow.lineage", "show", first_cnn.info.run_id], project, env).stdout
+    shown = run([sys.executable, "-m", "mnistflow.cli", "lineage", first_cnn.info.run_id], project, env).stdout
     assert f"model md5    {first_cnn.data.tags['model_md5']}" in shown
     assert "stage train@cnn" in shown and "data/processed/train.pt" in shown and "param train.cnn" in shown
     dest = tmp_path / "restored"
-    run([sys.executable, "-m", "mnistflow.lineage", "restore", first_cnn.info.run_id, str(dest)], project, env)
+    run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id, str(dest)], project, env)
     assert (dest / "models/cnn.pt").read_bytes() == FIRST_CNN[0]
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["cnn"]["lr"] == \
         float(first_cnn.data.params["lr"])
@@ -436,14 +446,14 @@ def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
         first_cnn.data.tags["model_md5"][2:]
     cached.rename(tmp_path / "saved")
     try:
-        failed = run([sys.executable, "-m", "mnistflow.lineage", "restore", first_cnn.info.run_id,
+        failed = run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id,
                       str(tmp_path / "again")], project, env, check=False)
     finally:
         (tmp_path / "saved").rename(cached)
     assert failed.returncode == 1
     assert "nor a remote holds the model" in failed.stderr and "make push" in failed.stderr
-    for command in (["show", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
-        bad = run([sys.executable, "-m", "mnistflow.lineage", *command], project, env, check=False)
+    for command in (["lineage", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
+        bad = run([sys.executable, "-m", "mnistflow.cli", *command], project, env, check=False)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr
         assert bad.stderr.startswith("error: no MLflow run '0123456789abcdef'") and bad.stderr.count("\n") == 1
 
@@ -455,7 +465,7 @@ def test_compare_optimizers_lands_five_queued_experiments_and_draws_them(project
     project, _ = project
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "before the comparison"], project, pipeline_env())
-    out = run([sys.executable, "-m", "mnistflow.compare", "--model", "mlp", "--jobs", "2"], project,
+    out = run([sys.executable, "-m", "mnistflow.tools.compare", "--model", "mlp", "--jobs", "2"], project,
               {**pipeline_env(), "PYTHONPATH": str(project / "src")}, check=False, timeout=900)
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{workers[-3000:]}"
@@ -483,12 +493,18 @@ def test_compare_optimizers_lands_five_queued_experiments_and_draws_them(project
     assert (project / "reports/figures/optimizers.png").stat().st_size > 10_000
 
 
-def test_a_moved_copy_of_the_repo_keeps_its_store_working(project, tmp_path):
-    project, _ = project
+def copy_of(project: Path, tmp_path: Path) -> Path:
+    """The project with its store, outputs and DVC cache, elsewhere: its store is repointed there."""
     moved = tmp_path / "moved"
     # Not .dvc/tmp: DVC's own scratch, where a stopped queue's worker may still be removing files.
     shutil.copytree(project, moved, symlinks=True,
                     ignore=lambda folder, names: ["tmp"] if Path(folder) == project / ".dvc" else [])
+    return moved
+
+
+def test_a_moved_copy_of_the_repo_keeps_its_store_working(project, tmp_path):
+    project, _ = project
+    moved = copy_of(project, tmp_path)
     before = sorted((project / "mlruns/artifacts").iterdir())
     set_params(moved, "train.mlp.lr", 0.004)
     out = dvc(moved, "repro")

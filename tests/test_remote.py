@@ -21,7 +21,7 @@ from conftest import add_make, free_port, make_project, pipeline_env, run
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
-LOCK_CHECK = [sys.executable, "-m", "mnistflow.lockcheck"]
+LOCK_CHECK = [sys.executable, "-m", "mnistflow.tools.lockcheck"]
 
 
 def dvc(repo, *args, check=True, env=None):
@@ -186,7 +186,7 @@ def test_make_exps_answers_which_params_gave_which_accuracy_at_120_columns_and_i
     dvc(first, "exp", "run", "-S", "train.mlp.lr=0.0000001", "-n", "mlp-lr")  # surely another accuracy
     try:
         text = run(["make", "-s", "exps"], first, {**pipeline_env(), "COLUMNS": "120"}).stdout  # a pipe
-        md = run([sys.executable, "-m", "mnistflow.exps", "--md"], first, env_with_src(first)).stdout
+        md = run([sys.executable, "-m", "mnistflow.tools.exps", "--md"], first, env_with_src(first)).stdout
     finally:
         run(["git", "checkout", "--", "params.yaml", "dvc.lock"], first)
         dvc(first, "checkout")
@@ -214,6 +214,6 @@ def test_restore_pulls_what_the_cache_lacks(pushed, tmp_path):
     cached = first / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
     cached.unlink()  # the cache lost it; the remote has it
     env = env_with_src(first)
-    run([sys.executable, "-m", "mnistflow.lineage", "restore", cnn.info.run_id, str(tmp_path / "restored")], first, env)
+    run([sys.executable, "-m", "mnistflow.cli", "restore", cnn.info.run_id, str(tmp_path / "restored")], first, env)
     assert file_md5(tmp_path / "restored/models/cnn.pt") == md5
     assert cached.is_file()  # back in the repo's cache

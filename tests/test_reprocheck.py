@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT, make_project, pipeline_env
-from mnistflow.reprocheck import compare
+from mnistflow.tools.reprocheck import compare
 
 LOCK = {"stages": {"train@mlp": {"outs": [{"path": "models/mlp.pt", "md5": "aa"}]},
                    "preprocess": {"outs": [{"path": "data/processed/train.pt", "md5": "bb"}]}}}
@@ -23,12 +23,12 @@ def test_compare_names_each_differing_output_and_metric():
 @pytest.mark.e2e
 def test_an_unseeded_shuffle_is_caught(tmp_path, tiny_mirror):
     project = make_project(tmp_path / "project", tiny_mirror)
-    splits = project / "src/mnistflow/splits.py"
+    splits = project / "src/mnistflow/data/preprocess.py"
     seeded = "order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))"
     assert seeded in splits.read_text()
     splits.write_text(splits.read_text().replace(seeded, "order = torch.randperm(len(train))"))
     subprocess.run(["git", "commit", "-q", "-am", "unseeded split"], cwd=project, check=True, env=pipeline_env())
-    proc = subprocess.run([sys.executable, "-m", "mnistflow.reprocheck", "--repo", str(project), "--models", "lenet"],
+    proc = subprocess.run([sys.executable, "-m", "mnistflow.tools.reprocheck", "--repo", str(project), "--models", "lenet"],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**pipeline_env(), "PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -11,9 +11,14 @@ import yaml
 from conftest import ROOT
 
 SRC = ROOT / "src"
-PACKAGE_DIRS = ["src/mnistflow/models"]  # declared as one dep: the registry and every model
 # Only refuses a Python without the project's packages; it shapes no output.
 NOT_A_DEP = {"src/mnistflow/__init__.py"}
+
+
+def package_files(root: Path = SRC / "mnistflow") -> dict[str, set[str]]:
+    """Each sub-package folder and its modules, as dvc.yaml names them."""
+    return {str(d.relative_to(ROOT)): {str(f.relative_to(ROOT)) for f in d.glob("*.py")}
+            for d in root.iterdir() if (d / "__init__.py").is_file()}
 
 
 def module_file(name: str) -> Path | None:
@@ -42,7 +47,10 @@ def imported_files(script: Path) -> set[str]:
                         seen.add(found)
                         todo.append(found)
     named = {str(p.relative_to(ROOT)) for p in seen} - NOT_A_DEP
-    return {next((d for d in PACKAGE_DIRS if f.startswith(d + "/")), f) for f in named}
+    for folder, files in package_files().items():  # a sub-package used whole is one dep: its folder
+        if files <= named:
+            named = (named - files) | {folder}
+    return named
 
 
 def declared_stages() -> dict[str, tuple[Path, set[str]]]:
@@ -68,10 +76,26 @@ def test_a_stage_declares_exactly_the_modules_its_script_imports(stage):
 
 def test_an_import_without_its_dep_is_caught(tmp_path):
     script = tmp_path / "stage.py"
-    script.write_text("from mnistflow.io import write_bytes\n")
-    declared = {"src/mnistflow/io.py", "src/mnistflow/errors.py"}
+    script.write_text("from mnistflow.core.io import write_bytes\n")
+    declared = {"src/mnistflow/core/__init__.py", "src/mnistflow/core/io.py", "src/mnistflow/core/errors.py"}
     assert drift(script, declared) == {}
-    script.write_text("from mnistflow.io import write_bytes\n\ndef main():\n    from mnistflow.plots import loss_curve\n")
-    assert drift(script, declared) == {"undeclared": ["src/mnistflow/plots.py"]}
+    script.write_text("from mnistflow.core.io import write_bytes\n\ndef main():\n    from mnistflow.report.plots import loss_curve\n")
+    assert drift(script, declared) == {"undeclared": ["src/mnistflow/report/__init__.py", "src/mnistflow/report/plots.py"]}
+    # models/__init__ loads every model but not inference: the folder is one dep only with it
     script.write_text("import mnistflow.models\n")
-    assert drift(script, declared) == {"undeclared": ["src/mnistflow/models"], "not imported": ["src/mnistflow/io.py"]}
+    assert "src/mnistflow/models/registry.py" in drift(script, declared)["undeclared"]
+    script.write_text("import mnistflow.models.inference\n")
+    undeclared = drift(script, declared)["undeclared"]
+    assert "src/mnistflow/models" in undeclared and not any(d.startswith("src/mnistflow/models/") for d in undeclared)
+
+
+def test_the_report_template_is_a_dep_of_every_stage_that_renders_it():
+    """page.py reads templates/: a stage that imports it declares the folder (or the file)."""
+    template = "src/mnistflow/report/templates/index.html.j2"
+    assert (ROOT / template).is_file() and template.rsplit("/", 2)[-2] in (ROOT / "src/mnistflow/report/page.py").read_text()
+    renders = [name for name, (script, _) in declared_stages().items()
+               if {"src/mnistflow/report", "src/mnistflow/report/page.py"} & imported_files(script)]
+    assert renders == ["visualize"]
+    for name in renders:
+        declared = declared_stages()[name][1]
+        assert "src/mnistflow/report" in declared or template in declared, name

@@ -1,14 +1,14 @@
 """A team tracking server for real: a PostgreSQL cluster of its own and `mlflow server
---app-name basic-auth` on 127.0.0.1 (python -m mnistflow.server, what `make server` runs); the
+--app-name basic-auth` on 127.0.0.1 (python -m mnistflow.tools.server, what `make server` runs); the
 pipeline on tiny data against it, checked through the REST API; a wrong password stops the
 pipeline at check_params with nothing touched; an unauthenticated request gets 401."""
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,22 +25,28 @@ MODELS = ["mlp", "cnn", "lenet"]
 
 
 @pytest.fixture(scope="module")
-def server():
-    # Not under pytest's tmp_path (mode 700): PostgreSQL runs as an unprivileged user who must reach it.
-    home = Path(tempfile.mkdtemp(prefix="mnistflow-team-"))
-    home.chmod(0o755)
+def server(tmp_path_factory):
+    # A repo folder only its owner may enter, as root's home often is: PostgreSQL runs as an
+    # unprivileged user who cannot reach it, so the cluster goes where it can, and start says so.
+    home = tmp_path_factory.mktemp("team")
+    home.chmod(0o700)
     folder, port = home / ".server", free_port()
     env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
-    started = run([sys.executable, "-m", "mnistflow.server", "start", "--dir", str(folder), "--port", str(port)],
+    started = run([sys.executable, "-m", "mnistflow.cli", "server", "start", "--dir", str(folder), "--port", str(port)],
                   home, env, timeout=300)
     assert "MLflow server at" in started.stdout
+    if os.geteuid() == 0:
+        moved = [line for line in started.stdout.splitlines() if "the PostgreSQL cluster is in" in line]
+        assert len(moved) == 1 and "cannot reach" in moved[0], started.stdout
+        cluster = Path(moved[0].rsplit(" ", 1)[1])
+        assert (cluster / "pg" / "PG_VERSION").is_file() and not (folder / "pg").exists()
     try:
         yield f"http://127.0.0.1:{port}", (folder / "admin-password").read_text().strip()
     finally:
-        run([sys.executable, "-m", "mnistflow.server", "stop", "--dir", str(folder)], home, env, timeout=120)
-        pid_file_gone = not (folder / "mlflow.pid").exists()
-        shutil.rmtree(home, ignore_errors=True)
-        assert pid_file_gone
+        run([sys.executable, "-m", "mnistflow.cli", "server", "stop", "--dir", str(folder)], home, env, timeout=120)
+        assert not (folder / "mlflow.pid").exists()
+        if os.geteuid() == 0:
+            shutil.rmtree(cluster, ignore_errors=True)
 
 
 def rest(url: str, path: str, password: str | None, body: dict | None = None):

@@ -1,10 +1,12 @@
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from conftest import ROOT
 from mnistflow import tracking
 
 
@@ -107,12 +109,29 @@ def test_champion_moves_only_to_a_better_version(store):
 
 
 def test_only_tracking_imports_mlflow_and_only_when_it_records():
-    src = Path(tracking.__file__).parent
-    importers = sorted(p.name for p in src.rglob("*.py") if "import mlflow" in p.read_text() or
-                       "from mlflow" in p.read_text())
-    assert importers == ["serving.py", "tracking.py"]  # serving is an MLflow flavor: MLflow loads it
+    package = ROOT / "src" / "mnistflow"
+    imports = re.compile(r"^\s*(import mlflow|from mlflow)\b", re.M)
+    importers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if imports.search(p.read_text()))
+    assert importers and all(p.startswith("tracking/") for p in importers), importers
+    assert "tracking/serving.py" in importers  # an MLflow flavor: MLflow loads it
     code = "import mnistflow.tracking, sys; print('mlflow' in sys.modules)"
     import subprocess
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(src.parent)}).stdout
+                         env={"PYTHONPATH": str(package.parent)}).stdout
     assert out.strip() == "False"
+
+
+def test_the_relocated_columns_are_every_artifact_location_of_mlflows_schema(tmp_path):
+    """relocate.py edits MLflow's sqlite schema by SQL (no API moves a store): this fails loudly
+    when an MLflow upgrade adds, renames or drops an artifact-location column."""
+    import sqlite3
+
+    from mnistflow.tracking.relocate import LOCATIONS
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # MLflow creates its tables
+    with sqlite3.connect(db) as con:
+        tables = [t for (t,) in con.execute("select name from sqlite_master where type='table'")]
+        columns = {(t, c) for t in tables for c in (r[1] for r in con.execute(f"pragma table_info({t})"))}
+    located = {(t, c) for t, c in columns if re.fullmatch(r"(artifact_location|artifact_uri|storage_location)", c)}
+    assert located == set(LOCATIONS)

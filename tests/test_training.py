@@ -5,12 +5,12 @@ import io
 import pytest
 import torch
 
-from mnistflow.config import ModelConfig
-from mnistflow.device import fast_layout, uses_bf16
-from mnistflow.inference import Normalizer
+from mnistflow.core.config import ModelConfig
+from mnistflow.core.device import fast_layout, uses_bf16
+from mnistflow.models.inference import Normalizer
 from mnistflow.models import create_model
-from mnistflow.splits import Split
-from mnistflow.training import fit
+from mnistflow.data.splits import Split
+from mnistflow.train.training import fit
 
 # sgd with momentum, a cosine schedule and shift augmentation: every piece of state a resume must restore
 CFG = ModelConfig.model_validate({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,

@@ -8,7 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from mnistflow.errors import ConfigError
+from mnistflow.core.errors import ConfigError
 
 Shape = tuple[int, int, int]  # channels, height, width
 

@@ -1,0 +1,218 @@
+"""params.yaml -> a validated, read-only config that mirrors the file (`cfg.visualize.dpi`).
+
+pydantic checks types and ranges; `validation.explain` says each failure as the user needs it
+(the dotted key, the bad value, what is allowed, "did you mean" for a typo), raised as
+`ConfigError`.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Sequence, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, \
+    create_model, model_validator
+
+from mnistflow.data.datasets import DATASETS
+from mnistflow.core.errors import ConfigError
+from mnistflow.core.validation import explain
+
+SPLITS = ("train", "val", "test")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; a user writing it means a number."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _unless(bad: Callable[[Any], Any], why: Callable[[Any], str]) -> AfterValidator:
+    """Refuse a value for which `bad` holds, saying `why(value)`."""
+    def check(value):
+        if bad(value):
+            raise ValueError(why(value))
+        return value
+    return AfterValidator(check)
+
+
+# Strict (below): an int is no bool, a bool no "yes"; a number may be written as an int.
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Scheduler(Section):
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"})
+
+
+class NoScheduler(Scheduler):
+    name: Literal["none"]
+
+
+class StepScheduler(Scheduler):  # lr *= gamma every step_size epochs
+    name: Literal["step"]
+    step_size: int = Field(5, ge=1)
+    gamma: Number = Field(0.1, gt=0.0, le=1.0)
+
+
+class MultiStepScheduler(Scheduler):  # lr *= gamma at each milestone epoch
+    name: Literal["multistep"]
+    milestones: Annotated[list[Annotated[int, Field(ge=1)]], _unless(
+        lambda ms: ms != sorted(set(ms)), lambda ms: f"{ms!r} must be strictly increasing")] = Field([5, 8], min_length=1)
+    gamma: Number = Field(0.1, gt=0.0, le=1.0)
+
+
+class ExponentialScheduler(Scheduler):  # lr *= gamma every epoch
+    name: Literal["exponential"]
+    gamma: Number = Field(0.9, gt=0.0, le=1.0)
+
+
+class CosineScheduler(Scheduler):  # cosine from lr down to eta_min over all epochs
+    name: Literal["cosine"]
+    eta_min: Number = Field(0.0, ge=0.0)
+
+
+class PlateauScheduler(Scheduler):  # lr *= factor when val_loss stalls
+    name: Literal["plateau"]
+    factor: Number = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(2, ge=0)
+
+
+SchedulerConfig = Annotated[Union[NoScheduler, StepScheduler, MultiStepScheduler, ExponentialScheduler,
+                                  CosineScheduler, PlateauScheduler], Field(discriminator="name")]
+
+
+class ModelConfig(Section):
+    optimizer: Literal["sgd", "adam", "adadelta", "adagrad", "rmsprop"]
+    lr: Number = Field(gt=0.0)
+    momentum: Number = Field(ge=0.0, lt=1.0)  # used by sgd and rmsprop
+    weight_decay: Number = Field(ge=0.0)
+    scheduler: SchedulerConfig
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    # augmentation: random translation of each training image by up to this many pixels
+    shift: int = Field(ge=0)
+
+    def flat(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude={"scheduler"}), "scheduler": self.scheduler.name,
+                **{f"scheduler.{k}": v for k, v in self.scheduler.settings.items()}}
+
+
+class VariantConfig(Section):  # RandomCrop(crop) of each test image, then Resize back to its size
+    crop: int = Field(ge=1)
+
+
+class DataConfig(Section):
+    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+    mirror: str | None  # a folder holding the dataset's files, tried first
+    verify: bool  # check the real dataset's checksums; false: other data in the same format
+    val_size: int = Field(ge=1)  # images held out of train for validation
+
+
+class PreprocessConfig(Section):
+    variants: Annotated[dict[str, VariantConfig], _unless(lambda vs: set(vs) & set(SPLITS), lambda vs: (
+        f"the name {sorted(set(vs) & set(SPLITS))[0]!r} is taken by a data split; choose another"))]
+
+
+ONCE = _unless(lambda ms: len(set(ms)) != len(ms), lambda ms: f"{list(ms)!r} names a model twice")
+
+
+class TrainConfig(Section):
+    """The fixed keys; `_config_class` adds an optional `ModelConfig` per registered model."""
+    # the models the pipeline trains, from a YAML list (strict mode would take only a tuple)
+    models: Annotated[tuple[str, ...], ONCE] = Field(min_length=1, strict=False)
+    amp: bool  # bf16 autocast where the device has bf16 units (device.uses_bf16)
+    deterministic: bool
+    resume: bool  # continue from the last epoch checkpoint after a kill
+    nproc: int = Field(1, ge=1, le=1024)  # data-parallel processes under torchrun (1: none)
+
+
+class NumericsConfig(Section):
+    """How the CPU computes (mnistflow.core.numerics): portable, the same bytes on every x86-64 CPU with
+    AVX2 and FMA; or fast, this machine's fastest kernels and machine-specific results."""
+    mode: Literal["portable", "fast"]
+    threads: int = Field(ge=1, le=1024)  # CPU threads per stage, shared by train.nproc processes
+
+
+class VisualizeConfig(Section):
+    dpi: int = Field(ge=20)  # resolution of the visualize stage's figures
+
+
+class Config(Section):
+    seed: int = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    numerics: NumericsConfig
+    data: DataConfig
+    preprocess: PreprocessConfig
+    train: TrainConfig
+    visualize: VisualizeConfig
+
+    @model_validator(mode="after")
+    def _fits_the_data(self) -> Config:
+        _, height, width = DATASETS[self.data.dataset].shape
+        size = f"the {height}x{width} images of {self.data.dataset}"
+        for name in self.train.models:
+            if (model := getattr(self.train, name, None)) is None:
+                raise ValueError(f"train.models lists {name!r} but there is no train.{name} section")
+            if model.shift > min(height, width) // 2 - 1:
+                raise ValueError(f"train.{name}.shift: {model.shift} is too large for {size}; "
+                                 f"allowed 0..{min(height, width) // 2 - 1}")
+        for name, variant in self.preprocess.variants.items():
+            if variant.crop > min(height, width):
+                raise ValueError(f"preprocess.variants.{name}.crop: {variant.crop} is larger than {size}; "
+                                 f"allowed 1..{min(height, width)}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        if not isinstance(section := getattr(self.train, name, None), ModelConfig):
+            raise ConfigError(f"no train.{name} section in params.yaml (models: {', '.join(self.train.models)})")
+        return section
+
+    def run_params(self, name: str) -> dict[str, Any]:
+        """What an MLflow run of one model records, under names that mean the same for every
+        model (one column per setting in the UI): its settings, the data and the seed. Where
+        they sit in params.yaml (train.<model>.lr) is in the run's params.yaml artifact."""
+        return {"model": name, **self.model(name).flat(), "dataset": self.data.dataset, "val_size": self.data.val_size,
+                "seed": self.seed, "device": self.device, "amp": self.train.amp, "deterministic": self.train.deterministic,
+                "numerics": self.numerics.mode}
+
+
+@functools.cache
+def _config_class(models: tuple[str, ...]) -> type[Config]:
+    """Config whose train section takes these model names (the registry's) and no others."""
+    name = Literal[models] if models else str  # type: ignore[valid-type]
+    train = create_model("TrainConfig", __base__=TrainConfig, **{m: (ModelConfig | None, None) for m in models},
+                         models=(Annotated[tuple[name, ...], ONCE], Field(min_length=1, strict=False)))
+    return create_model("Config", __base__=Config, train=(train, ...))
+
+
+def load_config(path: str | Path = "params.yaml", models: Sequence[str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw, models)
+
+
+def parse_config(raw: Any, models: Sequence[str] | None = None) -> Config:
+    """`models`: the registry's names, which the train section may hold. Without them (a stage
+    that trains nothing), the sections present are taken as given: check_params ran first."""
+    if models is None:
+        train = raw.get("train") if isinstance(raw, dict) else None
+        models = [k for k in train if k not in TrainConfig.model_fields] if isinstance(train, dict) else []
+    cls = _config_class(tuple(models))
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(explain(cls, exc)) from None
+

@@ -1,0 +1,68 @@
+"""The preprocess stage: the raw files read (IDX through torchvision's dataset classes, CIFAR
+batches ourselves), a seeded validation hold-out, the split files, their stats and the test
+set's variants."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnistflow.core.config import VariantConfig
+from mnistflow.core.errors import ConfigError, DataError
+from mnistflow.core.io import write_json
+from mnistflow.data import cifar
+from mnistflow.data.datasets import CIFAR_TRAIN, DatasetSpec
+from mnistflow.data.splits import Split, pixel_stats, save_split
+from mnistflow.data.transforms import make_variant
+
+
+def read_raw(raw_root: Path, spec: DatasetSpec) -> tuple[Split, Split]:
+    """Read the raw files: IDX through torchvision's own dataset class, CIFAR batches ourselves
+    (torchvision's class would refuse any files but the real dataset's)."""
+    if spec.format == "cifar":
+        folder = Path(raw_root) / spec.raw_subdir
+        return tuple(_cat([cifar.read_batch(folder / name, spec.shape, len(spec.classes)) for name in names])
+                     for names in (CIFAR_TRAIN, ["test_batch"]))
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, spec.torchvision_class)
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(raw_root), train=train, download=False)
+        except RuntimeError as exc:
+            raise DataError(f"{raw_root}: {exc}; run the download stage first") from None
+        out.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)))
+    return out[0], out[1]
+
+
+def _cat(batches) -> Split:
+    return Split(torch.from_numpy(np.concatenate([images for images, _ in batches])),
+                 torch.from_numpy(np.concatenate([labels for _, labels in batches])))
+
+
+def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """A seeded hold-out of `val_size` images from train."""
+    if val_size >= len(train):
+        raise ConfigError(f"data.val_size: {val_size} must be smaller than the {len(train)} training images")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    return (Split(train.images[train_idx], train.labels[train_idx]),
+            Split(train.images[val_idx], train.labels[val_idx]))
+
+
+def preprocess(raw_root: Path, spec: DatasetSpec, val_size: int, seed: int,
+               variants: dict[str, VariantConfig], out: Path) -> None:
+    """The preprocess stage: train/val/test split files, stats and test variants."""
+    out = Path(out)
+    train, test = read_raw(raw_root, spec)
+    if tuple(train.images.shape[1:]) != spec.shape:
+        raise DataError(f"{raw_root}: images are {tuple(train.images.shape[1:])}, expected {spec.shape} for {spec.name}")
+    train, val = split_train_val(train, val_size, seed)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        save_split(out / f"{name}.pt", split)
+    write_json(out / "stats.json", {"dataset": spec.name, **pixel_stats(train),
+                                    "sizes": {"train": len(train), "val": len(val), "test": len(test)}})
+    for name, variant in variants.items():
+        save_split(out / "variants" / f"{name}.pt", make_variant(test, name, variant, seed))

@@ -1,0 +1,1 @@
+"""Evaluation: each test set's metrics, batch by batch, on torchmetrics."""

@@ -1,0 +1,145 @@
+"""The tutorials' optimizer comparison: one model trained with each optimizer on the same seed,
+data and settings, as queued DVC experiments (one MLflow run each). Their per-epoch validation
+curves and test accuracy go to reports/optimizers.json (in git), which the visualize stage draws
+as reports/figures/optimizers.png on the report page.
+
+    mnistflow compare-optimizers [--model mlp] [--jobs 2]
+
+Each optimizer runs at PyTorch's default learning rate for it (SGD's and RMSprop's momentum and
+everything else as params.yaml sets them): one rate for all would favour one of them.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnistflow import tracking
+from mnistflow.core.config import load_config
+from mnistflow.core.errors import MnistflowError, run_stage
+from mnistflow.core.io import write_bytes
+from mnistflow.models import model_names
+from mnistflow.tools.exps import exp_show
+from mnistflow.train.optim import OPTIMIZERS
+from mnistflow.cli import Parser
+
+RESULT = Path("reports/optimizers.json")
+CURVES = ["val_loss", "val_acc"]
+
+
+def default_lr(optimizer: str) -> float:
+    return inspect.signature(OPTIMIZERS[optimizer]).parameters["lr"].default
+
+
+def exp_name(model: str, optimizer: str) -> str:
+    return f"{model}-{optimizer}"
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise MnistflowError(f"dvc {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}".rstrip())
+    return proc
+
+
+def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
+    """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue."""
+    failed = run_queue({exp_name(model, o): ["-S", f"train.models=[{model}]", "-S", f"train.{model}.optimizer={o}",
+                                             "-S", f"train.{model}.lr={default_lr(o)}"] for o in OPTIMIZERS},
+                       jobs, timeout)
+    if failed:
+        raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
+
+
+def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 * 3600) -> list[str]:
+    """Queue each named experiment with its `dvc exp run` arguments (replacing one of the same
+    name), run the queue on `jobs` workers, wait for it to drain; return the names that failed."""
+    for name, args in experiments.items():
+        dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
+        dvc("exp", "run", "--queue", "-n", name, *args)
+    dvc("queue", "start", "-j", str(jobs))
+    print(f"queued {len(experiments)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            states = queue_states(experiments)
+            if states and not any(status in ("Queued", "Running") for status in states.values()):
+                break
+            if time.monotonic() > deadline:
+                raise MnistflowError(f"the queue did not drain in {timeout:.0f} s: {states}")
+            time.sleep(3)
+    finally:  # never leave workers behind, on an error or Ctrl-C either
+        dvc("queue", "stop", "--kill", check=False)
+    return [name for name, status in states.items() if status == "Failed"]
+
+
+def queue_states(names) -> dict[str, str]:
+    """Each named experiment's state in DVC's queue (Queued, Running, Success, Failed), from the
+    queue's API (what `dvc queue status` prints, without parsing its table)."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        tasks = repo.experiments.celery_queue.status()
+    states: dict[str, str] = {}
+    for task in tasks:  # Running and Queued come first: they win over an older task's outcome
+        if task.get("name") in names:
+            states.setdefault(task["name"], task["status"])
+    return states
+
+
+def exp_weights_md5(name: str, model: str) -> str:
+    """The md5 of the weights that DVC experiment `name` (of the current commit) produced, from
+    `dvc exp show --json`: how its MLflow run is found, also where DVC restored the outputs from
+    its run-cache instead of training (an experiment equal to one already run)."""
+    entry = next((e for e in exp_show() if e["name"] == name), None)
+    outs = ((entry or {}).get("data") or {}).get("outs") or {}
+    weights = outs.get(f"models/{model}.pt")
+    if weights is None:
+        raise MnistflowError(f"no DVC experiment {name!r} of this commit with models/{model}.pt (`dvc exp show`)")
+    return weights["hash"]
+
+
+def gather(model: str) -> dict:
+    """What each optimizer's run recorded: settings, validation curves, test accuracy."""
+    cfg = load_config("params.yaml", model_names())
+    result = {"dataset": cfg.data.dataset, "model": model, "seed": cfg.seed, "optimizers": {}}
+    for optimizer in OPTIMIZERS:
+        name = exp_name(model, optimizer)
+        md5 = exp_weights_md5(name, model)
+        run = tracking.find_training_run(cfg.data.dataset, model, md5)
+        if run is None:
+            raise MnistflowError(f"no MLflow run of {model} holds the weights of DVC experiment {name!r} "
+                                 f"(md5 {md5}) in {tracking.tracking_uri()}")
+        result["optimizers"][optimizer] = {
+            "dvc_exp": name, "model_md5": md5, "lr": float(run.data.params["lr"]),
+            "test_acc": run.data.metrics.get("test_acc"),
+            **{key: tracking.metric_history(run.info.run_id, key) for key in CURVES}}
+    return result
+
+
+def main(argv: list[str] | None = None, prog: str = "mnistflow compare-optimizers") -> None:
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp", choices=model_names())
+    parser.add_argument("--jobs", type=int, default=2, help="queue workers (experiments at a time)")
+    args = parser.parse_args(argv)
+    run_experiments(args.model, args.jobs)
+    result = gather(args.model)
+    write_bytes(RESULT, (json.dumps(result, indent=1) + "\n").encode())
+    print(table(result))
+    print(f"wrote {RESULT}; `dvc repro` draws it on the report page")
+
+
+def table(result: dict) -> str:
+    """The comparison as a Markdown table (the README's)."""
+    rows = [f"| {o} | {r['lr']:g} | {r['val_loss'][-1]:.4f} | {r['val_acc'][-1]:.4f} | "
+            f"{'-' if r['test_acc'] is None else format(r['test_acc'], '.4f')} |"
+            for o, r in result["optimizers"].items()]
+    return "\n".join([f"{result['model']} on {result['dataset']}, seed {result['seed']}:",
+                      "| optimizer | lr | val loss | val acc | test acc |", "|---|---|---|---|---|", *rows])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,57 @@
+"""CI's check that the committed dvc.lock records the committed code and params, without
+running anything: a stage whose script, source module or params changed since the lock was
+written is stale. Data and outputs that a fresh clone lacks are not its concern (`dvc pull`).
+
+    mnistflow lock-check [REPO]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnistflow.core.errors import MnistflowError, run_stage
+from mnistflow.cli import Parser
+
+
+def stale_stages(root: Path | str = ".") -> dict[str, list[str]]:
+    """Stage -> what changed in its sources (scripts, modules, params) since dvc.lock."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        produced = {str(out) for stage in repo.index.stages for out in stage.outs}
+        stale = {}
+        for stage, changes in repo.status().items():
+            reasons = []
+            for change in changes:
+                if isinstance(change, str):  # "changed command", "always changed", ...
+                    reasons.append(change)
+                    continue
+                for path, state in change.get("changed deps", {}).items():
+                    if isinstance(state, dict):  # params: {key: "modified" | "new" | "deleted"}
+                        reasons += [f"param {key} {how}" for key, how in state.items()]
+                    elif not _holds_outputs(path, produced):
+                        reasons.append(f"{path} {state}")
+            if reasons:
+                stale[stage.split(":")[-1]] = reasons
+        return stale
+
+
+def _holds_outputs(path: str, outs: set[str]) -> bool:
+    """Is this dep (a file or folder) made by stages, or a folder of their outputs (models/)?"""
+    return any(path == out or path.startswith(f"{out}/") or out.startswith(f"{path}/") for out in outs)
+
+
+def main(argv: list[str] | None = None, prog: str = "mnistflow lock-check") -> None:
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("repo", nargs="?", type=Path, default=Path("."), help="the repo to check")
+    root = parser.parse_args(argv).repo
+    stale = stale_stages(root)
+    if stale:
+        lines = "\n".join(f"  {stage}: {', '.join(reasons)}" for stage, reasons in sorted(stale.items()))
+        raise MnistflowError(f"dvc.lock is stale: these stages changed since it was written\n{lines}\n"
+                             "Run `make repro` (or `dvc commit` for a change that cannot alter outputs) "
+                             "and commit dvc.lock.")
+    print("dvc.lock records the committed code and params of every stage")
+
+
+if __name__ == "__main__":
+    run_stage(main)

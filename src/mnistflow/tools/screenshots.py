@@ -1,0 +1,142 @@
+"""The docs' pictures of MLflow's UI, taken from the project's own store in headless Chromium:
+the runs table and its charts as the project's view shows them, and a registered model's page.
+The browser tests drive the UI with the same helpers.
+
+    mnistflow screenshots [--out docs]      (after `make repro`; Chromium installed)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mnistflow.core.errors import MnistflowError
+from mnistflow.cli import Parser
+
+WIDTH, HEIGHT = 1600, 1000  # a laptop's browser window
+
+
+@contextmanager
+def browser() -> Iterator:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise MnistflowError("chromium is not installed (make test-tools installs it where it runs as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-background-networking",
+                                                              "--disable-component-update", "--disable-sync"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@contextmanager
+def ui_server(store_uri: str) -> Iterator[str]:
+    """`mlflow server` over a store on a free loopback port, until the block ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", store_uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise MnistflowError(f"mlflow server did not come up on {url}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def open_runs(page, url: str, timeout_ms: int = 60_000) -> None:
+    """Open a runs-table link and wait for its cells; close the Assistant panel, which takes a
+    third of the width (the browser keeps it closed afterwards)."""
+    page.goto(url)
+    page.locator("[role=gridcell]").or_(page.get_by_text("Headline metrics")).first.wait_for(timeout=timeout_ms)
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+    page.wait_for_timeout(1500)
+
+
+def grid(page) -> list[dict[str, str]]:
+    """The runs table's rows as {column id: text}, the pinned columns (run name) with the others
+    (the grid draws only the columns in view)."""
+    return page.evaluate("""() => {
+        const rows = {};
+        for (const r of document.querySelectorAll('[role=row][row-index]')) {
+            const row = rows[r.getAttribute('row-index')] ??= {};
+            for (const c of r.querySelectorAll('[role=gridcell]'))
+                row[c.getAttribute('col-id')] = c.innerText.trim().split('\\n').pop();
+        }
+        return Object.keys(rows).sort((a, b) => a - b).map(k => rows[k]);
+    }""")
+
+
+def run_names(page) -> list[str]:
+    return [r.get("attributes.`Run Name`", "") for r in grid(page)]
+
+
+def save(page, path: Path) -> Path:
+    """A screenshot written whole or not at all (a killed run leaves the old picture)."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    page.screenshot(path=tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def take(out: Path, dataset: str) -> list[Path]:
+    """Screenshots of the store tracking_uri() names."""
+    from mnistflow import tracking
+    from mnistflow.tracking import ui
+
+    exp = tracking.client().get_experiment_by_name(dataset)
+    if exp is None:
+        raise MnistflowError(f"no experiment {dataset!r} in {tracking.tracking_uri()}: run `make repro` first")
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with ui_server(tracking.tracking_uri()) as url, browser() as b:
+        page = b.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        for name, link in (("mlflow-runs.png", ui.runs_url(exp.experiment_id)),
+                           ("mlflow-charts.png", ui.runs_url(exp.experiment_id, charts=True))):
+            open_runs(page, link.replace(ui.ui_url(), url))
+            shots.append(save(page, out / name))
+        model = f"{dataset}-cnn"
+        page.goto(f"{url}/#/models/{model}?{ui.TRAINING_LAYOUT}")
+        page.wait_for_selector("text=champion", timeout=60_000)  # the versions table, with the aliases
+        page.wait_for_timeout(1000)
+        shots.append(save(page, out / "mlflow-model.png"))
+    return shots
+
+
+def main(argv: list[str] | None = None, prog: str = "mnistflow screenshots") -> None:
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    from mnistflow.core.config import load_config
+
+    for path in take(args.out, load_config().data.dataset):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    from mnistflow.core.errors import run_stage
+
+    run_stage(main)

@@ -1,0 +1,193 @@
+"""A team MLflow tracking server: MLflow's basic-auth app over a PostgreSQL cluster of its own
+(under the server folder, run as an unprivileged user, never the system's cluster), artifacts
+served through the server.
+
+    mnistflow server start [--dir .server] [--host 127.0.0.1] [--port 5050]
+    mnistflow server stop [--dir .server]
+
+The admin password comes from MNISTFLOW_ADMIN_PASSWORD, else from <dir>/admin-password, which
+`start` generates (mode 600) the first time; there is no default. Artifacts go to
+<dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). A checked password is cached for
+MNISTFLOW_AUTH_CACHE_SECONDS (60; 0: MLflow's default, a hash check per request). PostgreSQL listens on a Unix socket
+in <dir>/run only (no TCP), reachable by its owner alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mnistflow.core.errors import MnistflowError, run_stage
+from mnistflow.cli import Parser
+
+ADMIN = "admin"
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    if shutil.which("initdb"):
+        return Path(shutil.which("initdb")).parent
+    raise MnistflowError("PostgreSQL's server binaries are not installed (Debian: apt-get install postgresql)")
+
+
+def _db_user() -> str | None:
+    """PostgreSQL refuses to run as root: there, the cluster belongs to an unprivileged user."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise MnistflowError("running as root, and no unprivileged user (postgres, nobody) to run PostgreSQL as")
+
+
+def _cluster(folder: Path, user: str | None) -> tuple[Path, Path]:
+    """The cluster's data folder and socket folder: in the server folder, unless PostgreSQL's user
+    cannot reach it (a repo in root's own home, mode 700): then in a folder of its own under
+    /var/tmp, named after the server folder and recorded in it (`pg-location`)."""
+    record = folder / "pg-location"
+    if record.exists():
+        base = Path(record.read_text().strip())
+    elif user and subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(folder)]).returncode != 0:
+        base = Path("/var/tmp") / f"mnistflow-pg-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+        record.write_text(f"{base}\n")
+        print(f"{user} cannot reach {folder}: the PostgreSQL cluster is in {base}", flush=True)
+    else:
+        base = folder
+    if base != folder:
+        base.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(base, user)
+    return base / "pg", base / "run"
+
+
+def _as(user: str | None, *cmd: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    argv = [str(c) for c in cmd]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise MnistflowError(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}".rstrip())
+    return proc
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 600), made the first time."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip()
+
+
+def admin_password(folder: Path) -> str:
+    return os.environ.get("MNISTFLOW_ADMIN_PASSWORD") or _secret(folder / "admin-password")
+
+
+def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
+    folder = folder.resolve()
+    if (folder / "mlflow.pid").exists():
+        raise MnistflowError(f"a server from {folder} is running (pid file mlflow.pid): make server-stop first")
+    pg, user = _pg_bin(), _db_user()
+    folder.mkdir(parents=True, exist_ok=True)
+    data, run = _cluster(folder, user)
+    for path in (data, run):
+        path.mkdir(mode=0o700, exist_ok=True)
+        if user:
+            shutil.chown(path, user)
+    if not (data / "PG_VERSION").exists():
+        _as(user, pg / "initdb", "-D", data, "-A", "trust", "-U", "mlflow", "--no-instructions")
+    _as(user, pg / "pg_ctl", "-D", data, "-l", data / "server.log", "-w", "start",
+        "-o", f"-c listen_addresses='' -c unix_socket_directories='{run}' -c unix_socket_permissions=0700")
+    for db in ("mlflow", "mlflow_auth"):
+        exists = _as(user, pg / "psql", "-h", run, "-U", "mlflow", "-d", "postgres", "-tAc",
+                     f"select 1 from pg_database where datname = '{db}'").stdout.strip()
+        if not exists:
+            _as(user, pg / "createdb", "-h", run, "-U", "mlflow", db)
+    store = f"postgresql+psycopg://mlflow@/mlflow?host={run}"
+    auth = folder / "basic_auth.ini"
+    fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = postgresql+psycopg://mlflow@/mlflow_auth?host={run}\n"
+                f"admin_username = {ADMIN}\nadmin_password = {admin_password(folder)}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                # A password check is a deliberately slow hash (scrypt, ~0.1 s of CPU): off, every
+                # request pays it. Cached, a changed password reaches the other worker within the TTL.
+                f"auth_cache_ttl_seconds = {os.environ.get('MNISTFLOW_AUTH_CACHE_SECONDS', '60')}\n")
+    artifacts = os.environ.get("MNISTFLOW_ARTIFACTS") or str(folder / "artifacts")
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_DISABLE_TELEMETRY": "true",
+           # the UI's CSRF protection signs with it: the same across restarts
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(folder / "flask-secret")}
+    with open(folder / "mlflow.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                                 "--backend-store-uri", store, "--serve-artifacts", "--artifacts-destination",
+                                 artifacts, "--host", host, "--port", str(port), "--workers", "2"],
+                                env=env, stdout=log, stderr=log, start_new_session=True)
+    (folder / "mlflow.pid").write_text(f"{proc.pid}\n")
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stop(folder)
+            raise MnistflowError(f"mlflow server exited with {proc.returncode}; see {folder / 'mlflow.log'}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return url
+        except OSError:
+            time.sleep(0.5)
+    stop(folder)
+    raise MnistflowError(f"mlflow server did not answer at {url} in {timeout:.0f} s; see {folder / 'mlflow.log'}")
+
+
+def stop(folder: Path) -> None:
+    """Stop what `start` started: the server's process group by its PID, then the cluster."""
+    folder = folder.resolve()
+    pid_file = folder / "mlflow.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.killpg(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+    data = Path((folder / "pg-location").read_text().strip()) / "pg" if (folder / "pg-location").exists() \
+        else folder / "pg"
+    if (data / "postmaster.pid").exists():
+        _as(_db_user(), _pg_bin() / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+
+
+def main(argv: list[str] | None = None, prog: str = "mnistflow server") -> None:
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--dir", type=Path, default=Path(".server"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5050)
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        stop(args.dir)
+        print(f"stopped the server and the database of {args.dir}")
+        return
+    url = start(args.dir, args.host, args.port)
+    source = "MNISTFLOW_ADMIN_PASSWORD" if os.environ.get("MNISTFLOW_ADMIN_PASSWORD") else args.dir / "admin-password"
+    print(f"MLflow server at {url} (admin password: {source}). To use it:\n"
+          f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} "
+          f"MLFLOW_TRACKING_PASSWORD=\"$(cat {args.dir / 'admin-password'})\"")
+
+
+if __name__ == "__main__":
+    run_stage(main)

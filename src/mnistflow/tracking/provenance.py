@@ -1,0 +1,64 @@
+"""What made a run: the git commit and whether the tree was dirty, the DVC experiment, the
+weights' md5, where it ran; and the run's name built from them."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from mnistflow.core.io import repo_root
+from mnistflow.tracking.store import mlflow_module
+
+
+def made_by() -> str:
+    """What made a run: the DVC experiment's name, else the commit (`git describe --dirty`:
+    `-dirty` for uncommitted changes)."""
+    return os.environ.get("DVC_EXP_NAME") or _git("describe", "--always", "--dirty", "--abbrev=7") or "no git"
+
+
+def run_label(model: str) -> str:
+    """A run's name: the model and what made it, e.g. `cnn · lr-sweep-3` or `cnn · 82d3e34`."""
+    return f"{model} · {made_by()}"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the code, whether the tree had uncommitted changes, and the short `baseline`
+    a column shows: the commit a DVC experiment was made from, else that commit."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {"git_commit": "unknown", "git_dirty": "unknown", "baseline": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+            "baseline": (os.environ.get("DVC_EXP_BASELINE_REV") or commit)[:7]}
+
+
+def file_md5(path: str | Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
+    """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
+    tags = {"dataset": dataset, "device": str(device), **git_state()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def environment() -> dict[str, str]:
+    """What else describes where a run ran: recorded in its lineage.json, not as tags."""
+    env = {"torch_version": torch.__version__, "mlflow_version": mlflow_module().__version__,
+           "dvc_root": str(repo_root()), "host": socket.gethostname()}
+    for var in ("DVC_STAGE", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            env[var.lower()] = os.environ[var]
+    return env

@@ -1,0 +1,121 @@
+"""Where the MLflow store is, and the one client to it: the repo's sqlite store under mlruns/
+(repointed first when the repo moved) or a tracking server (asked first whether it lets us in);
+and the experiments, each created with its saved runs-table view.
+
+MLflow is imported on first use (`mlflow_module`), not with this module: a stage that records
+nothing pays nothing, and telemetry is switched off before MLflow's import reads it."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from types import ModuleType
+
+from mnistflow.core.io import repo_root
+from mnistflow.tracking import ui
+from mnistflow.tracking.relocate import relocate_store
+
+
+@functools.cache
+def mlflow_module() -> ModuleType:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read by MLflow's import; no network here
+    import mlflow
+    import mlflow.data  # noqa: F401  (submodules the functions below use)
+    import mlflow.models  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    return mlflow
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What to catch around MLflow calls: its own exception, not a broad Exception."""
+    from mlflow.exceptions import MlflowException
+    return (MlflowException,)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def sqlite_path() -> Path | None:
+    uri = tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
+def client():
+    """The MlflowClient of the store `tracking_uri` names (repointed first if it moved)."""
+    return _connect(tracking_uri())
+
+
+@functools.cache
+def _connect(uri: str):
+    """Once per store and process: look for a move (sqlite) or ask the server whether it lets
+    us in (http), then keep one client."""
+    db = sqlite_path()
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        relocate_store(db)
+    else:
+        check_server(uri)
+    return mlflow_module().MlflowClient(uri)
+
+
+def check_server(uri: str | None = None, timeout: float = 10) -> None:
+    """A tracking server that does not answer, or refuses our credentials (MLflow's own
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), is one line, at once: MLflow's
+    client would retry for minutes and then print a traceback. A sqlite store passes."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from mnistflow.core.errors import MnistflowError
+
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None and password is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = f"user {user!r}" if user else "no credentials"
+            raise MnistflowError(f"the MLflow server at {uri} refused {who} (HTTP {exc.code}): set "
+                                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise MnistflowError(f"the MLflow server at {uri} answered HTTP {exc.code} ({exc.reason})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MnistflowError(f"no MLflow server answers at {uri} ({reason}); start it (make server) "
+                             f"or unset MLFLOW_TRACKING_URI for the local store") from None
+
+
+def experiment_id(name: str, reports: bool = False) -> str:
+    """Get or create the experiment, with its artifacts in an absolute folder under mlruns/ (a
+    relative one would resolve inside DVC's temporary experiment copy and be lost) and its saved
+    view of the runs table (`ui`). `reports`: the experiment of report runs."""
+    store = client()
+    exp = store.get_experiment_by_name(name)
+    if exp is None:
+        db = sqlite_path()
+        location = (db.parent / "artifacts").as_uri() if db else None  # a server decides for itself
+        try:
+            exp_id = store.create_experiment(name, artifact_location=location)
+        except errors():  # created meanwhile by a parallel stage
+            exp_id = store.get_experiment_by_name(name).experiment_id
+        exp = store.get_experiment(exp_id)
+    if exp.tags.get("mlflow.experimentKind") != "custom_model_development":  # what UIs before 3.17 read
+        store.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    if reports:
+        ui.set_view(store, exp, ui.REPORTS, "mnistflow: report runs", ui.REPORTS_STATE)
+    else:
+        ui.set_view(store, exp, ui.HEADLINE, "mnistflow: headline metrics", ui.headline_state())
+    return exp.experiment_id
+
+
+def weights_url(experiment: str, model_md5: str) -> str:
+    """A link to the runs that made these weights: a view of their own, the filter inside."""
+    exp = client().get_experiment(experiment_id(experiment))
+    ui.set_view(client(), exp, ui.weights_view(model_md5), f"mnistflow: runs with weights {model_md5[:8]}",
+                ui.headline_state(search=f"tags.model_md5 = '{model_md5}'"))
+    return ui.runs_url(exp.experiment_id, ui.weights_view(model_md5))

@@ -1,0 +1,47 @@
+"""`mnistflow`, the one command: installed into .venv by the set-up, its help lists every command,
+and a mistake is one line with exit status 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+EXPECTED = {"ui", "links", "serve", "lineage", "restore", "exps", "dag", "compare-optimizers", "server",
+            "screenshots", "lock-check", "repro-check", "numcheck", "bench"}
+
+
+def mnistflow(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "mnistflow"  # the console script pyproject.toml declares
+    if not exe.exists():
+        pytest.skip("mnistflow is not installed in this Python's environment (make venv installs it)")
+    return subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_command():
+    out = mnistflow("--help")
+    assert out.returncode == 0
+    listed = {line.split()[0] for line in out.stdout.split("commands:")[1].splitlines() if line.startswith("  ")}
+    assert listed == EXPECTED
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["exps", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lineage"], "the following arguments are required: run_id"),
+    (["server", "restart"], "invalid choice: 'restart'"),
+    (["restore", "only-one-argument"], "the following arguments are required: dest"),
+])
+def test_a_mistake_is_one_line_and_exit_2(args, says):
+    out = mnistflow(*args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: mnistflow") and says in out.stderr
+
+
+def test_each_command_answers_help_without_work():
+    for command in sorted(EXPECTED - {"bench"}):  # bench's help is the benchmark script's own
+        out = mnistflow(command, "--help")
+        assert out.returncode == 0 and out.stdout.startswith(f"usage: mnistflow {command}"), (command, out.stderr)
