@@ -1,6 +1,8 @@
 """DVC stage check_params [STAMP]: validate params.yaml before any other stage (keys, values, and
 that each model takes the dataset's images) and, where MLFLOW_TRACKING_URI names a server, that
-it answers and lets us in; write STAMP, always the same bytes, when valid."""
+it answers and lets us in; then mark FAILED the runs killed processes left RUNNING. Write STAMP,
+always the same bytes, when valid. DVC runs it on every `dvc repro` (always_changed): what it
+checks beside params.yaml (the server, the store) is not a file DVC can hash."""
 import sys
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from mnistflow.data.datasets import DATASETS  # noqa: E402
 from mnistflow.core.errors import run_stage  # noqa: E402
 from mnistflow.core.io import write_bytes  # noqa: E402
 from mnistflow.models import check_input, model_names  # noqa: E402
-from mnistflow.tracking import check_server  # noqa: E402
+from mnistflow.tracking import check_server, reap_dead_runs  # noqa: E402
 
 
 def main() -> None:
@@ -19,6 +21,7 @@ def main() -> None:
     for name in cfg.train.models:
         check_input(name, cfg.data.dataset, DATASETS[cfg.data.dataset].shape)
     check_server()
+    reap_dead_runs()
     if sys.argv[1:]:
         write_bytes(sys.argv[1], b"params.yaml is valid\n")
 

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny learnable IDX datasets and a copy of the project in a temp git repo."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -101,3 +103,13 @@ def runs_of(project: Path, experiment: str = "mnist", db: Path | None = None) ->
     client = MlflowClient(tracking_uri=f"sqlite:///{db or project / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+
+
+def stages_run(dvc_stdout: str) -> list[str]:
+    """The stages a `dvc repro` ran, in order, but check_params: it runs on every repro."""
+    return [s for s in re.findall(r"Running stage '([^']+)'", dvc_stdout) if s != "check_params"]
+
+
+def pending(status_json: str) -> dict:
+    """`dvc status --json` less check_params's "always changed": what a repro would run for."""
+    return {stage: why for stage, why in json.loads(status_json).items() if why != ["always changed"]}

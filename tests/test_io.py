@@ -23,3 +23,20 @@ def test_a_path_that_is_not_a_regular_file_is_never_replaced(tmp_path):
     with pytest.raises(DataError, match="not a regular file"):
         write_bytes(fifo, b"x")
     assert fifo.is_fifo() and list(tmp_path.iterdir()) == [fifo]  # no temp file left either
+
+
+def test_a_full_disk_is_found_anywhere_in_the_chain():
+    """ENOSPC raised deep in a library (a write, SQLite's own error) is what the stage's one line names."""
+    import errno
+
+    from mnistflow.core.errors import out_of_space
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "models/mlp.pt")
+        except OSError as inner:
+            raise RuntimeError("API call failed") from inner
+    except RuntimeError as exc:
+        assert out_of_space(exc) == "writing models/mlp.pt"
+    assert out_of_space(RuntimeError("(sqlite3.OperationalError) database or disk is full")).startswith("writing an SQLite")
+    assert out_of_space(OSError(errno.EACCES, "Permission denied")) is None

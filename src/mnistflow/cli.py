@@ -18,6 +18,7 @@ COMMANDS = {
     "exps": ("mnistflow.tools.exps:main", "which params gave which accuracy: one table per model"),
     "dag": ("mnistflow.tools.dag:main", "the pipeline's stages and what each runs after"),
     "compare-optimizers": ("mnistflow.tools.compare:main", "the tutorials' optimizer comparison as queued experiments"),
+    "torchrun": ("mnistflow.train.distributed:main", "torchrun for several machines, failures in one line each"),
     "server": ("mnistflow.tools.server:main", "a team tracking server: start or stop"),
     "screenshots": ("mnistflow.tools.screenshots:main", "the docs' MLflow screenshots from the repo's store"),
     "lock-check": ("mnistflow.tools.lockcheck:main", "does dvc.lock record the committed code and params?"),

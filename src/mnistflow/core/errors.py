@@ -1,6 +1,7 @@
 """The errors a user can cause and fix, and how a stage reports them."""
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -23,6 +24,23 @@ class DataError(MnistflowError):
     """Input data is missing, corrupt or of the wrong shape."""
 
 
+class OutOfSpace(DataError):
+    """A disk filled up while the stage wrote to it."""
+
+
+def out_of_space(exc: BaseException | None) -> str | None:
+    """What ran out of space, when ENOSPC is anywhere in `exc`'s chain (or SQLite's word for it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return f"writing {exc.filename}" if exc.filename else "writing"
+        if "database or disk is full" in str(exc):
+            return "writing an SQLite database (the MLflow store?)"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -40,6 +58,12 @@ def run_stage(main: Callable[[], None]) -> None:
     except MnistflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        where = out_of_space(exc)
+        if where is None:
+            raise
+        print(f"error: no space left on device {where}; free some space and run again", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

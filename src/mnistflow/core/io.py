@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mnistflow.core.errors import DataError
+from mnistflow.core.errors import DataError, OutOfSpace
 
 
 def repo_root() -> Path:
@@ -34,8 +35,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the write names the temporary file, if any
+            raise OutOfSpace(f"no space left on device writing {path}: nothing of it was written, and the "
+                            "file it would replace is kept; free some space and run again") from None
         raise
 
 

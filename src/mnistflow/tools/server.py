@@ -98,7 +98,11 @@ def admin_password(folder: Path) -> str:
 def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
     folder = folder.resolve()
     if (folder / "mlflow.pid").exists():
-        raise MnistflowError(f"a server from {folder} is running (pid file mlflow.pid): make server-stop first")
+        try:
+            os.killpg(int((folder / "mlflow.pid").read_text()), 0)
+            raise MnistflowError(f"a server from {folder} is running (pid file mlflow.pid): make server-stop first")
+        except ProcessLookupError:  # it died or was killed: start it again, over the same database
+            (folder / "mlflow.pid").unlink()
     pg, user = _pg_bin(), _db_user()
     folder.mkdir(parents=True, exist_ok=True)
     data, run = _cluster(folder, user)
@@ -108,8 +112,11 @@ def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
             shutil.chown(path, user)
     if not (data / "PG_VERSION").exists():
         _as(user, pg / "initdb", "-D", data, "-A", "trust", "-U", "mlflow", "--no-instructions")
-    _as(user, pg / "pg_ctl", "-D", data, "-l", data / "server.log", "-w", "start",
-        "-o", f"-c listen_addresses='' -c unix_socket_directories='{run}' -c unix_socket_permissions=0700")
+    # A cluster still running (the MLflow server alone died or was stopped): start the server only.
+    status = [str(pg / "pg_ctl"), "-D", str(data), "status"]
+    if subprocess.run(["runuser", "-u", user, "--", *status] if user else status, capture_output=True).returncode != 0:
+        _as(user, pg / "pg_ctl", "-D", data, "-l", data / "server.log", "-w", "start",
+            "-o", f"-c listen_addresses='' -c unix_socket_directories='{run}' -c unix_socket_permissions=0700")
     for db in ("mlflow", "mlflow_auth"):
         exists = _as(user, pg / "psql", "-h", run, "-U", "mlflow", "-d", "postgres", "-tAc",
                      f"select 1 from pg_database where datname = '{db}'").stdout.strip()

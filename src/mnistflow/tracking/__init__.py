@@ -14,11 +14,11 @@ from mnistflow.tracking.registry import CANDIDATE, CHAMPION, log_model_args, mod
 from mnistflow.tracking.relocate import relocate_store
 from mnistflow.tracking.runs import (PROCESS_TAG, TrackedRun, dataset, download, fail_dead_runs, find_training_run,
                                      get_run, log_evaluation, log_report, metric_history, reports_experiment,
-                                     run_for_model, tracked_run)
+                                     reap_dead_runs, run_for_model, tracked_run)
 from mnistflow.tracking.store import check_server, client, errors, experiment_id, tracking_uri, weights_url
 
 __all__ = ["CANDIDATE", "CHAMPION", "PROCESS_TAG", "TrackedRun", "check_server", "client", "dataset", "download",
            "environment", "errors", "experiment_id", "fail_dead_runs", "file_md5", "find_training_run", "get_run",
            "git_state", "log_evaluation", "log_model_args", "log_report", "made_by", "metric_history", "model_name",
-           "promote", "relocate_store", "reports_experiment", "run_for_model", "run_label", "run_tags", "tracked_run",
+           "promote", "reap_dead_runs", "relocate_store", "reports_experiment", "run_for_model", "run_label", "run_tags", "tracked_run",
            "tracking_uri", "weights_url"]

@@ -19,7 +19,9 @@ import torch
 
 from mnistflow.tracking.provenance import file_md5, git_state, run_label
 from mnistflow.tracking.registry import log_model_args, model_name, name_candidate, promote
-from mnistflow.tracking.store import client, errors, experiment_id, mlflow_module, tracking_uri
+from mnistflow.core.errors import MnistflowError, OutOfSpace, out_of_space
+from mnistflow.tracking.store import (client, errors, experiment_id, mlflow_module, sqlite_path, tracking_uri,
+                                     unreachable)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ class TrackedRun:
         names = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=model_id, **names)
                                                     for k, v in metrics.items()])
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which the run holds `key`: what a resumed run need not log again."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def log_figure(self, fig, name: str) -> None:
         self.client.log_figure(self.run_id, fig, name)
@@ -88,7 +94,7 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     from mlflow.entities import Param, RunStatus
 
     exp_id = experiment_id(experiment)
-    fail_dead_runs(exp_id)
+    fail_dead_runs([exp_id])
     store = client()
     if run_id and _run_exists(store, run_id):
         store.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -103,10 +109,37 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     except KeyboardInterrupt:
         store.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
-    except BaseException:
+    except BaseException as exc:
+        if unreachable(exc):  # MLflow's client has retried for its whole budget: no use asking again
+            raise MnistflowError(f"the MLflow server at {tracking_uri()} stopped answering, and MLflow's client "
+                                 f"gave up ({exc.message.split(' failed with')[0]}); run {run_id} stays RUNNING "
+                                 "and the last finished epoch's checkpoint is kept: run the stage again once the "
+                                 "server is back, and it resumes that run") from None
+        if out_of_space(exc) and not isinstance(exc, OutOfSpace):  # the store's disk: no use writing FAILED there
+            _drop_artifacts(store, run_id)
+            raise OutOfSpace(f"no space left on device for the MLflow store at {tracking_uri()}: run {run_id} stays RUNNING until the next start marks it "
+                             "FAILED, its partial artifacts are removed, and the last finished epoch's "
+                             "checkpoint is kept; free some space and run again") from None
         store.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     store.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _drop_artifacts(store, run_id: str) -> None:
+    """Remove the artifacts a full disk cut short (the run's and its logged models'), where they
+    are local files: MLflow copies artifacts in place, not through a temporary file."""
+    import shutil
+    from urllib.parse import urlparse
+
+    mlflow = mlflow_module()
+    mlflow.set_tracking_uri(store.tracking_uri)
+    run = store.get_run(run_id)
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    for uri in [run.info.artifact_uri, *(m.artifact_location for m in models)]:
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            shutil.rmtree(parsed.path, ignore_errors=True)
 
 
 def context_tags() -> dict[str, str]:
@@ -128,16 +161,29 @@ def _run_exists(store, run_id: str) -> bool:
         return False
 
 
-def fail_dead_runs(exp_id: str) -> None:
-    """Mark FAILED the RUNNING runs whose process on this host is gone (killed with -9);
-    runs of live processes (parallel `dvc queue` workers) are left alone."""
+def fail_dead_runs(exp_ids: list[str] | None = None) -> None:
+    """Mark FAILED the RUNNING runs (of these experiments, else of all) whose process on this
+    host is gone (killed with -9, or a torchrun worker that died with its agent); runs of live
+    processes (parallel `dvc queue` workers) and of other hosts are left alone."""
     host = socket.gethostname()
-    for run in client().search_runs([exp_id], "attributes.status = 'RUNNING'"):
+    store = client()
+    if exp_ids is None:
+        exp_ids = [e.experiment_id for e in store.search_experiments()]
+    for run in (store.search_runs(exp_ids, "attributes.status = 'RUNNING'") if exp_ids else []):
         run_host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
         if run_host == host and pid.isdigit() and not _alive(int(pid)):
-            client().set_terminated(run.info.run_id, "FAILED")
+            store.set_terminated(run.info.run_id, "FAILED")
             log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked FAILED",
                         run.info.run_id, run.info.run_name)
+
+
+def reap_dead_runs() -> None:
+    """`fail_dead_runs` over the whole store, at the start of every `dvc repro` (check_params):
+    the killed stage may be one DVC then restores from its run-cache, which runs nothing.
+    A sqlite store that does not exist yet is not created for it."""
+    db = sqlite_path()
+    if db is None or db.exists():
+        fail_dead_runs()
 
 
 def _alive(pid: int) -> bool:
@@ -232,7 +278,6 @@ def log_report(dataset_name: str, files: list[Path], tags: dict) -> str:
 
 def get_run(run_id: str):
     """A run by id; MnistflowError, one line, when the store lacks it."""
-    from mnistflow.core.errors import MnistflowError
     try:
         return client().get_run(run_id)
     except errors() as exc:

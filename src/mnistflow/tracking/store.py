@@ -19,7 +19,11 @@ from mnistflow.tracking.relocate import relocate_store
 @functools.cache
 def mlflow_module() -> ModuleType:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read by MLflow's import; no network here
+    import logging
+
     import mlflow
+    # It logs every database error with its SQL before raising it; the stage's one line says it.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     import mlflow.data  # noqa: F401  (submodules the functions below use)
     import mlflow.models  # noqa: F401
     import mlflow.pytorch  # noqa: F401
@@ -30,6 +34,16 @@ def errors() -> tuple[type[BaseException], ...]:
     """What to catch around MLflow calls: its own exception, not a broad Exception."""
     from mlflow.exceptions import MlflowException
     return (MlflowException,)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` is MLflow's client giving up on a server that stopped answering, once its
+    retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7: about 4 minutes of backoff) are spent."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and isinstance(exc.__cause__ or exc.__context__,
+                                                           requests.exceptions.RequestException)
 
 
 def tracking_uri() -> str:

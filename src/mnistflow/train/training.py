@@ -180,8 +180,9 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
         resume = distributed.from_main(None, world)
         try:
-            return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
-                       world=world)
+            with distributed.peers_or_stop(world):
+                return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
+                           world=world)
         except TrainingDiverged:  # rank 0 stops at the same batch: it reports it and fails the run
             return []
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
@@ -191,12 +192,15 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
             run.log_inputs([tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
                                              split.images, split.labels)], context)
-        if resume and resume["run_id"] != run.run_id:  # the old run is gone: give the new one the history
+        if resume:  # the epochs the run lacks: all in a new run; in the same run, those a lost server missed
+            logged = run.logged_steps("val_acc")  # an epoch's metrics go in one batch: all or none
             for row in resume["history"]:
-                run.log_epoch(EpochResult(**row))
-        history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
-                      on_epoch=run.log_epoch, resume=resume,
-                      save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}), world=world)
+                if row["epoch"] not in logged:
+                    run.log_epoch(EpochResult(**row))
+        with distributed.peers_or_stop(world):
+            history = fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
+                          on_epoch=run.log_epoch, resume=resume,
+                          save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}), world=world)
         model.to(memory_format=torch.contiguous_format)  # the saved and logged weights: the usual layout
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         last = history[-1]
