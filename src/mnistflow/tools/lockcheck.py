@@ -22,7 +22,9 @@ def stale_stages(root: Path | str = ".") -> dict[str, list[str]]:
         for stage, changes in repo.status().items():
             reasons = []
             for change in changes:
-                if isinstance(change, str):  # "changed command", "always changed", ...
+                if change == "always changed":  # check_params, by design: it runs on every repro
+                    continue
+                if isinstance(change, str):  # "changed command", "changed outs", ...
                     reasons.append(change)
                     continue
                 for path, state in change.get("changed deps", {}).items():
