@@ -113,3 +113,9 @@ def stages_run(dvc_stdout: str) -> list[str]:
 def pending(status_json: str) -> dict:
     """`dvc status --json` less check_params's "always changed": what a repro would run for."""
     return {stage: why for stage, why in json.loads(status_json).items() if why != ["always changed"]}
+
+
+needs_postgres = pytest.mark.skipif(
+    not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"),
+    reason="PostgreSQL's server binaries are not installed (make test installs Debian's postgresql "
+           "where it runs as root with apt-get)")

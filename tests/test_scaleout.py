@@ -7,16 +7,16 @@ import os
 import shutil
 import signal
 import subprocess
-import urllib.request
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, make_project, pending, pipeline_env, run, runs_of, set_params
+from conftest import ROOT, free_port, make_project, needs_postgres, pending, pipeline_env, run, runs_of, set_params
 from mnistflow.core.io import load_torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -104,12 +104,6 @@ def test_sigkill_of_the_stage_leaves_no_process_and_writes_nothing(project, npro
     assert [r.info.status for r in runs_of(project) if r.info.status == "RUNNING"] == []
     assert {r.info.run_id: r.info.status for r in runs_of(project)}[killed[0].info.run_id] == "FAILED"
     set_params(project, "train.nproc", 1)
-
-
-needs_postgres = pytest.mark.skipif(
-    not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"),
-    reason="PostgreSQL's server binaries are not installed (make test installs Debian's postgresql "
-           "where it runs as root with apt-get)")
 
 
 def server_command(action: str, folder: Path, port: int) -> None:

@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, make_project, pipeline_env, run
+from conftest import ROOT, free_port, make_project, needs_postgres, pipeline_env, run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
-    not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"),
-    reason="PostgreSQL's server binaries are not installed (make test installs Debian's postgresql "
-           "where it runs as root with apt-get)")]
+pytestmark = [pytest.mark.e2e, needs_postgres]
 MODELS = ["mlp", "cnn", "lenet"]
 
 
