@@ -40,12 +40,14 @@ def files(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def stage_process(parent: psutil.Process, script: str = "stages/train.py") -> psutil.Process:
-    """The topmost process under `parent` that runs `script`: the stage process DVC started."""
+    """The topmost process under `parent` that runs `script`: the stage process. DVC starts it
+    through `$SHELL -c`, and dash (`/bin/sh`, when SHELL is unset) forks rather than execs: the
+    script is an argument of its own in the stage's argv, a part of one in the shell's."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for proc in parent.children(recursive=True):
             try:
-                if script in " ".join(proc.cmdline()) and script not in " ".join(proc.parent().cmdline()):
+                if script in proc.cmdline() and script not in proc.parent().cmdline():
                     return proc
             except psutil.NoSuchProcess:
                 continue
