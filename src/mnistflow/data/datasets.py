@@ -22,6 +22,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     format: str = "idx"  # idx | cifar (python pickle batches)
     shape: tuple[int, int, int] = (1, 28, 28)  # of an image: channels, height, width
+    train_size: int = 60_000  # images in the real dataset's training files
     # Checksums of the real dataset's (decompressed) files, checked when data.verify is on;
     # None: only torchvision's own check of a download stands.
     checksums: dict[str, str] | None = None
@@ -69,6 +70,7 @@ DATASETS = {
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         format="cifar",
         shape=(3, 32, 32),
+        train_size=50_000,
         # The md5s torchvision publishes for the real files (torchvision/datasets/cifar.py).
         checksums={
             "data_batch_1": "c99cafc152244af753f735de768cd75f",

@@ -12,8 +12,6 @@ import torch
 from mnistflow.core.errors import DataError
 from mnistflow.core.io import load_torch, save_torch
 
-NUM_CLASSES = 10
-
 
 @dataclass(frozen=True)
 class Split:
@@ -37,9 +35,9 @@ def save_split(path: Path, split: Split) -> None:
     save_torch(path, {"images": split.images, "labels": split.labels})
 
 
-def load_split(path: Path, shape: tuple[int, int, int] | None = None) -> Split:
+def load_split(path: Path, shape: tuple[int, int, int] | None = None, num_classes: int = 10) -> Split:
     """Load a split file, refusing one of the wrong dtype, image shape (`shape`, when given) or
-    label range."""
+    label range (0..num_classes-1)."""
     path = Path(path)
     try:
         obj = load_torch(path)
@@ -56,17 +54,25 @@ def load_split(path: Path, shape: tuple[int, int, int] | None = None) -> Split:
     if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
         raise DataError(f"{path}: labels are {labels.dtype} {tuple(labels.shape)}, "
                         f"expected int64 ({images.shape[0]},)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1} "
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{path}: labels outside 0..{num_classes - 1} "
                         f"(min {labels.min().item()}, max {labels.max().item()})")
     return Split(images, labels)
 
 
-def read_stats(data_dir: Path) -> dict[str, tuple[float, ...]]:
-    """The train mean/std per channel that normalize every batch."""
+def _stats(data_dir: Path, what: str, key):
     path = Path(data_dir) / "stats.json"
     try:
-        stats = json.loads(path.read_text())
-        return {k: tuple(map(float, stats[k])) for k in ("mean", "std")}
+        return key(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: cannot read the train mean/std ({exc}); run the preprocess stage") from None
+        raise DataError(f"{path}: cannot read {what} ({exc}); run the preprocess stage") from None
+
+
+def read_stats(data_dir: Path) -> dict[str, tuple[float, ...]]:
+    """The train mean/std per channel that normalize every batch."""
+    return _stats(data_dir, "the train mean/std", lambda s: {k: tuple(map(float, s[k])) for k in ("mean", "std")})
+
+
+def read_classes(data_dir: Path) -> list[str]:
+    """The class names, in label order: the dataset's, or your folders'."""
+    return _stats(data_dir, "the class names", lambda s: [str(c) for c in s["classes"]])

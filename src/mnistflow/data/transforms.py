@@ -29,12 +29,14 @@ def make_variant(test: Split, name: str, variant: VariantConfig, seed: int) -> S
     return Split(images.contiguous(), test.labels.clone())
 
 
-def crop_windows(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: int) -> torch.Tensor:
-    """One size x size window per image of a (N,C,H,W) batch, at its own (top, left); on any device."""
+def crop_windows(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor,
+                 size: int | tuple[int, int]) -> torch.Tensor:
+    """One window of `size` (a side, or height and width) per image of a (N,C,H,W) batch, at its
+    own (top, left); on any device."""
     tops, lefts = tops.to(images.device), lefts.to(images.device)
-    span = torch.arange(size, device=images.device)
-    rows = (tops[:, None] + span)[:, :, None]    # (N,size,1)
-    cols = (lefts[:, None] + span)[:, None, :]   # (N,1,size)
+    height, width = (size, size) if isinstance(size, int) else size
+    rows = (tops[:, None] + torch.arange(height, device=images.device))[:, :, None]    # (N,height,1)
+    cols = (lefts[:, None] + torch.arange(width, device=images.device))[:, None, :]   # (N,1,width)
     n = torch.arange(len(images), device=images.device)[:, None, None]
     return torch.stack([images[:, c][n, rows, cols] for c in range(images.shape[1])], 1)
 
@@ -43,7 +45,7 @@ def random_shift(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> 
     """Translate each image by up to max_shift pixels each way, filling with black (augmentation)."""
     if max_shift == 0:
         return images
-    n, size = len(images), images.shape[-1]
+    n, size = len(images), tuple(images.shape[-2:])
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)
     tops = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
     lefts = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)

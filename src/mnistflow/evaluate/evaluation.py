@@ -15,14 +15,13 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, Mu
 
 from mnistflow import tracking
 from mnistflow.core.config import Config
-from mnistflow.data.datasets import DATASETS
 from mnistflow.core.device import configure, fast_layout, select_device, set_determinism
 from mnistflow.core.errors import DataError
 from mnistflow.models.inference import Normalizer, logits_in_batches
 from mnistflow.core.io import load_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.report.plots import confusion_matrix
-from mnistflow.data.splits import Split, load_split, read_stats
+from mnistflow.data.splits import Split, load_split, read_classes, read_stats
 
 log = logging.getLogger(__name__)
 BINS = 15  # of the calibration error and the reliability diagram
@@ -99,19 +98,18 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
     device = select_device(cfg.device)
     configure(cfg.numerics.mode, cfg.numerics.threads)
     set_determinism(cfg.seed, cfg.train.deterministic)
-    shape = DATASETS[cfg.data.dataset].shape
-    model = create_model(name, shape)
+    shape, classes = cfg.data.image_shape, read_classes(data_dir)
+    model = create_model(name, shape, len(classes))
     try:
         model.load_state_dict(load_torch(weights))
     except FileNotFoundError:
         raise DataError(f"{weights}: not found; run the train stage for {name} first") from None
     fast_layout(model).to(device)
     norm = Normalizer(**read_stats(data_dir))
-    classes = list(DATASETS[cfg.data.dataset].classes)
     sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.preprocess.variants}}
     report, figures, datasets, bins = {}, {}, {}, []
     for set_name, path in sets.items():
-        split = load_split(path, shape).to(device)
+        split = load_split(path, shape, len(classes)).to(device)
         datasets[set_name] = tracking.dataset(f"{cfg.data.dataset}-{set_name}", path, split.images, split.labels)
         metrics, preds, set_bins = evaluate_split(model, split, norm, classes)
         confusion = metrics.pop("confusion")

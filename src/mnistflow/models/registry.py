@@ -55,11 +55,12 @@ def check_input(name: str, dataset: str, shape: Shape) -> None:
                           f"but dataset {dataset!r} has {_shape(shape)}")
 
 
-def create_model(name: str, shape: Shape = (1, 28, 28)) -> nn.Module:
-    """The model for images of `shape`; one that takes a fixed shape is refused any other."""
+def create_model(name: str, shape: Shape = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """The model for images of `shape` and `num_classes` classes; one that takes a fixed shape is
+    refused any other."""
     entry = _entry(name)
     if entry.accepts is None:
-        return entry.factory(shape)
+        return entry.factory(shape, num_classes=num_classes)
     if tuple(entry.accepts) != tuple(shape):
         raise ConfigError(f"model {name!r} takes {_shape(entry.accepts)} images, not {_shape(shape)}")
-    return entry.factory()
+    return entry.factory(num_classes=num_classes)

@@ -8,7 +8,6 @@ import html
 from pathlib import Path
 
 from mnistflow.core.config import Config
-from mnistflow.data.datasets import DATASETS
 
 
 @functools.cache
@@ -39,7 +38,7 @@ def facts_rows(cfg: Config, name: str, evals: dict, facts: dict) -> list[tuple[s
     ]
 
 
-def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model: dict, comparison: dict | None,
+def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, facts: dict, per_model: dict, comparison: dict | None,
                experiment_url: str, fig_dir) -> str:
     e = html.escape
     models = list(cfg.train.models)
@@ -49,7 +48,7 @@ def index_html(cfg: Config, evals: dict, per_class: dict, facts: dict, per_model
 
     return _template().render(
         dataset=cfg.data.dataset, experiment_url=experiment_url, models=models, sets=list(next(iter(evals.values()))),
-        evals=evals, classes=list(DATASETS[cfg.data.dataset].classes), per_class=per_class,
+        evals=evals, classes=classes, per_class=per_class,
         per_class_cell=lambda v: "&ndash;" if v is None else f"{v:.3f}",  # None: no image of that class
         facts_rows={m: facts_rows(cfg, m, evals[m], facts[m]) for m in models}, figures=per_model,
         comparison=comparison, img=img)

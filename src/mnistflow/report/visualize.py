@@ -16,12 +16,11 @@ from mnistflow.report.page import index_html
 from mnistflow import tracking
 from mnistflow.tracking import ui
 from mnistflow.core.config import Config
-from mnistflow.data.datasets import DATASETS
 from mnistflow.core.device import configure, fast_layout
 from mnistflow.core.errors import DataError
 from mnistflow.core.io import load_torch, write_bytes, write_figure
 from mnistflow.models import create_model
-from mnistflow.data.splits import load_split, read_stats
+from mnistflow.data.splits import load_split, read_classes, read_stats
 from mnistflow.models.inference import Normalizer
 
 log = logging.getLogger(__name__)
@@ -92,9 +91,9 @@ def read_comparison(path: Path, dataset: str) -> dict | None:
 def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, optimizers: Path,
               figures_dir: Path, index_path: Path) -> None:
     configure(cfg.numerics.mode, cfg.numerics.threads)
-    classes, shape = list(DATASETS[cfg.data.dataset].classes), DATASETS[cfg.data.dataset].shape
+    classes, shape = read_classes(data_dir), cfg.data.image_shape
     norm = Normalizer(**read_stats(data_dir))
-    train, test = load_split(data_dir / "train.pt", shape), load_split(data_dir / "test.pt", shape)
+    train, test = (load_split(data_dir / f"{s}.pt", shape, len(classes)) for s in ("train", "test"))
     evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.train.models}
     per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.train.models}
     shared = {
@@ -108,7 +107,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         shared["optimizers.png"] = plots.optimizer_curves(comparison)
     per_model, facts = {}, {}
     for name in cfg.train.models:
-        model = create_model(name, shape)
+        model = create_model(name, shape, len(classes))
         model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
         fast_layout(model).eval()  # the feature maps computed as in evaluation
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
@@ -138,7 +137,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     experiment_url = ui.runs_url(tracking.experiment_id(cfg.data.dataset))
     for fact in facts.values():
         fact["url"] = tracking.weights_url(cfg.data.dataset, fact["model_md5"])
-    page = index_html(cfg, evals, per_class, facts, per_model, comparison, experiment_url,
+    page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison, experiment_url,
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
     run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],

@@ -21,7 +21,6 @@ from mnistflow.tracking import lineage
 from mnistflow.core import numerics
 from mnistflow import tracking
 from mnistflow.core.config import Config, ModelConfig
-from mnistflow.data.datasets import DATASETS
 from mnistflow.core.device import autocast, configure, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.core.errors import MnistflowError
 from mnistflow.models.inference import Normalizer, predict
@@ -29,7 +28,7 @@ from mnistflow.core.io import load_torch, save_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.train.optim import build_optimizer, build_scheduler, step_scheduler
 from mnistflow.report.plots import loss_curve
-from mnistflow.data.splits import Split, load_split, read_stats
+from mnistflow.data.splits import Split, load_split, read_classes, read_stats
 from mnistflow.data.transforms import random_shift
 
 log = logging.getLogger(__name__)
@@ -168,11 +167,11 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     configure(cfg.numerics.mode, cfg.numerics.threads, world.size)
     set_determinism(cfg.seed, cfg.train.deterministic)
     data_dir = Path(data_dir)
-    dataset, shape = cfg.data.dataset, DATASETS[cfg.data.dataset].shape
-    train = load_split(data_dir / "train.pt", shape).to(device)
-    val = load_split(data_dir / "val.pt", shape).to(device)
+    dataset, shape, classes = cfg.data.dataset, cfg.data.image_shape, read_classes(data_dir)
+    train = load_split(data_dir / "train.pt", shape, len(classes)).to(device)
+    val = load_split(data_dir / "val.pt", shape, len(classes)).to(device)
     norm = Normalizer(**read_stats(data_dir))
-    model = fast_layout(create_model(name, shape)).to(device)
+    model = fast_layout(create_model(name, shape, len(classes))).to(device)
     model_cfg = cfg.model(name)
     amp = uses_bf16(device, cfg.train.amp, cfg.numerics.mode)
     params = {**cfg.run_params(name), **numerics.what_ran(), "world_size": world.size,
@@ -211,7 +210,7 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         run.log_params_file(Path("params.yaml"))
         # Two real held-out images as the served model's input example (train must not read test).
         run.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
-                      classes=list(DATASETS[dataset].classes), example=val.images[:2])
+                      classes=classes, example=val.images[:2])
         lineage.record(run)
     checkpoint.remove()
     return history
