@@ -13,11 +13,9 @@ def main() -> None:
     raw_dir, out_dir = sys.argv[1:]
     cfg = load_config()
     pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
-    from mnistflow.data.datasets import DATASETS
     from mnistflow.data.preprocess import preprocess
 
-    preprocess(Path(raw_dir), DATASETS[cfg.data.dataset], cfg.data.val_size, cfg.seed,
-               cfg.preprocess.variants, Path(out_dir))
+    preprocess(Path(raw_dir), cfg.data, cfg.seed, cfg.preprocess.variants, Path(out_dir), cfg.numerics.threads)
 
 
 if __name__ == "__main__":

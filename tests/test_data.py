@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mnistflow.data.synthetic import write_cifar, write_idx
-from mnistflow.core.config import VariantConfig
+from mnistflow.core.config import DataConfig, VariantConfig
 from mnistflow.data.datasets import CIFAR_FILES, DATASETS, IDX_FILES
 from mnistflow.data.download import fetch, raw_folder
 from mnistflow.core.errors import ConfigError, DataError
@@ -20,6 +20,10 @@ from mnistflow.data.transforms import make_variant, random_shift
 
 MNIST = DATASETS["mnist"]
 CIFAR = DATASETS["cifar10"]
+
+
+def data_config(dataset: str, val_size: int, **folder) -> DataConfig:
+    return DataConfig(dataset=dataset, mirror=None, verify=False, val_size=val_size, **folder)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -122,7 +126,7 @@ def test_bad_split_files_are_refused_naming_the_file(tmp_path, obj, message):
 def test_preprocess_writes_splits_stats_and_variants(tmp_path):
     mirror = write_idx(tmp_path / "mirror", n_train=60, n_test=30)
     fetch(MNIST, str(mirror), tmp_path / "raw")
-    preprocess(tmp_path / "raw", MNIST, 10, 0, {"crop20": VariantConfig(crop=20)}, tmp_path / "out")
+    preprocess(tmp_path / "raw", data_config("mnist", 10), 0, {"crop20": VariantConfig(crop=20)}, tmp_path / "out")
     assert len(load_split(tmp_path / "out/train.pt")) == 50
     assert len(load_split(tmp_path / "out/variants/crop20.pt")) == 30
     first = (tmp_path / "out/train.pt").read_bytes()
@@ -135,7 +139,7 @@ def test_cifar_from_a_mirror_archive_or_folder_through_preprocess(tmp_path, arch
     mirror = write_cifar(tmp_path / "mirror", n_train=100, n_test=40, archive=archive)
     assert fetch(CIFAR, str(mirror), tmp_path / "raw", checksums=False) == f"data.mirror {mirror}"
     assert sorted(p.name for p in raw_folder(tmp_path / "raw", CIFAR).iterdir()) == sorted(CIFAR_FILES)
-    preprocess(tmp_path / "raw", CIFAR, 20, 0, {"crop24": VariantConfig(crop=24)}, tmp_path / "out")
+    preprocess(tmp_path / "raw", data_config("cifar10", 20), 0, {"crop24": VariantConfig(crop=24)}, tmp_path / "out")
     train = load_split(tmp_path / "out/train.pt", (3, 32, 32))
     assert train.images.shape == (80, 3, 32, 32) and len(load_split(tmp_path / "out/test.pt", (3, 32, 32))) == 40
     assert load_split(tmp_path / "out/variants/crop24.pt", (3, 32, 32)).images.shape == (40, 3, 32, 32)

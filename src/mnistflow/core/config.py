@@ -109,11 +109,43 @@ class VariantConfig(Section):  # RandomCrop(crop) of each test image, then Resiz
     crop: int = Field(ge=1)
 
 
+Shape = tuple[Annotated[int, Field(ge=1, le=4096)], ...]
+
+
 class DataConfig(Section):
-    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+    dataset: Literal[(*DATASETS, "folder")]  # type: ignore[valid-type]
     mirror: str | None  # a folder holding the dataset's files, tried first
     verify: bool  # check the real dataset's checksums; false: other data in the same format
     val_size: int = Field(ge=1)  # images held out of train for validation
+    # dataset folder (mnistflow.data.folder): your images, brought to `shape`, and the share
+    # of them held out for test where the folder has no train/ and test/
+    path: str | None = None
+    shape: Shape | None = Field(None, strict=False)  # channels (1 or 3), height, width
+    test_size: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _folder_keys(self) -> DataConfig:
+        if self.dataset != "folder":
+            for key in ("path", "shape"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.{key} is for dataset 'folder' (your images); "
+                                     f"{self.dataset} has its own: set it to null")
+            return self
+        if self.path is None or self.shape is None:
+            missing = "data.path" if self.path is None else "data.shape"
+            raise ValueError(f"dataset 'folder' needs {missing}: data.path the folder of class subfolders, "
+                             f"data.shape [channels, height, width] the images are brought to, e.g. [3, 32, 32]")
+        if len(self.shape) != 3 or self.shape[0] not in (1, 3):
+            raise ValueError(f"data.shape: {list(self.shape)} must be [channels, height, width] with 1 (grayscale) "
+                             f"or 3 (RGB) channels")
+        if self.mirror is not None:
+            raise ValueError("data.mirror is for the named datasets; dataset 'folder' reads data.path: set it to null")
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """channels, height, width of every image the pipeline reads."""
+        return tuple(self.shape) if self.dataset == "folder" else DATASETS[self.dataset].shape
 
 
 class PreprocessConfig(Section):
@@ -156,7 +188,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _fits_the_data(self) -> Config:
-        _, height, width = DATASETS[self.data.dataset].shape
+        _, height, width = self.data.image_shape
         size = f"the {height}x{width} images of {self.data.dataset}"
         for name in self.train.models:
             if (model := getattr(self.train, name, None)) is None:

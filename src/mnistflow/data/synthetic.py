@@ -75,3 +75,33 @@ def write_cifar(folder: Path, n_train: int = 500, n_test: int = 100, seed: int =
             path.unlink()
         out.rmdir()
     return folder
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 40, seed: int = 0,
+                       split: bool = False, sizes=((40, 40), (36, 52), (64, 48)), gray_every: int = 0,
+                       jpeg_only: bool = False) -> Path:
+    """A folder of class subfolders, in `train/` and `test/` (a quarter) when `split`: PNG and
+    JPEG files in turn (JPEG only if `jpeg_only`), RGB (grayscale each `gray_every`-th), of the `sizes` in turn. Class k is
+    a bright horizontal band at its own height, over noise, which survives resize and crop."""
+    import torch
+    from torchvision.io import write_jpeg, write_png
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            h, w = sizes[i % len(sizes)]
+            image = rng.integers(0, 70, size=(3, h, w)).astype(np.uint8)
+            top = int(h * (0.15 + 0.7 * k / max(1, len(classes) - 1)))
+            image[:, max(0, top - h // 12): top + h // 12 + 1, w // 8: w - w // 8] = 255
+            tensor = torch.from_numpy(image)
+            if gray_every and i % gray_every == 0:
+                tensor = tensor[:1]
+            sub = ("test" if i % 4 == 0 else "train") if split else ""
+            folder = root / sub / name
+            folder.mkdir(parents=True, exist_ok=True)
+            if i % 2 or jpeg_only:
+                write_jpeg(tensor, str(folder / f"{i:05d}.jpg"), quality=95)
+            else:
+                write_png(tensor, str(folder / f"{i:05d}.png"))
+    return root
