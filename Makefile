@@ -65,7 +65,9 @@ test-tools:
 			|| echo "could not install $$missing: the tests that need it will be skipped"; \
 	fi
 
+# Your images (data.dataset: folder) lie outside what DVC hashes: re-read them first.
 repro: setup
+	$(BIN)/mnistflow sources
 	$(BIN)/dvc repro
 
 # Which params gave which accuracy: one table per model, what varied for it and its accuracy per
@@ -152,7 +154,7 @@ test-slow: setup test-tools
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.
 test-fast: venv
-	$(BIN)/python -m pytest -m "not e2e and not slow" -n 2
+	$(BIN)/python -m pytest -m "not e2e and not slow" -n 2 --dist loadfile
 
 # The pipeline twice from empty DVC caches on tiny data: every output hash and metric must agree.
 repro-check: venv system-data

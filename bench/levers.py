@@ -47,6 +47,7 @@ def cnn_epoch_seconds(fill: bool = False, onednn: bool = True) -> float:
     configure(cfg.numerics.mode, cfg.numerics.threads)
     torch.backends.mkldnn.enabled = onednn
     set_determinism(cfg.seed, True)
+    torch.use_deterministic_algorithms(True)  # the NaN fill happens in deterministic mode alone
     torch.utils.deterministic.fill_uninitialized_memory = fill
     train, val = (load_split(DATA / f"{s}.pt") for s in ("train", "val"))
     model = fast_layout(create_model("cnn")) if onednn else create_model("cnn")

@@ -89,7 +89,7 @@ def project_fit(cfg, device, mode: str, epochs: int = 1, deterministic: bool = T
     from mnistflow.data.splits import load_split, read_stats
     from mnistflow.train.training import fit
 
-    set_determinism(cfg.seed, deterministic)
+    set_determinism(cfg.seed, deterministic, device)
     train, val = (load_split(DATA / f"{s}.pt").to(device) for s in ("train", "val"))
     model = fast_layout(create_model(MODEL)).to(device)
     if compile:

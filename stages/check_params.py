@@ -1,10 +1,11 @@
 """DVC stage check_params [STAMP [SOURCE]]: validate params.yaml before any other stage (keys,
 values, that each model takes the dataset's images, that the data source is there:
-data.sources) and, where MLFLOW_TRACKING_URI names a server, that it answers and lets us in;
-then mark FAILED the runs killed processes left RUNNING. When valid, write STAMP, always the
-same bytes, and SOURCE, the manifest of what the download stage reads (your images by
-content). DVC runs it on every `dvc repro` (always_changed): what it checks beside params.yaml
-(the server, the store, your folder) is not a file DVC can hash here."""
+data.sources) and, where MLFLOW_TRACKING_URI names a server, that it answers and lets us in.
+When valid, write STAMP, always the same bytes, and SOURCE, the manifest of what the download
+stage reads (your images by content). It runs when params.yaml or the source changes, and
+imports neither torch nor MLflow: a second `dvc repro` with nothing changed runs nothing. (Runs
+a killed stage left RUNNING are marked FAILED by whatever next opens the store: see
+tracking.store.)"""
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mnistflow.core.errors import run_stage  # noqa: E402
 from mnistflow.core.io import repo_root, write_bytes, write_json  # noqa: E402
 from mnistflow.data.sources import check_source  # noqa: E402
 from mnistflow.models import check_input, model_names  # noqa: E402
-from mnistflow.tracking import reap_dead_runs  # noqa: E402
+from mnistflow.tracking.store import check_server  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     if cfg.device in ("cuda", "mps"):  # torch loads only to ask (1-2 s)
         from mnistflow.core.device import select_device
         select_device(cfg.device)
-    reap_dead_runs()  # its client asks a tracking server first whether it answers and lets us in
+    check_server()  # a tracking server: does it answer and let us in? (urllib: no MLflow import)
     if stamp:
         write_bytes(stamp, b"params.yaml is valid\n")
     if source:

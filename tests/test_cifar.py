@@ -28,9 +28,9 @@ def dvc(project, *args, check=True):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror):
+def project(tmp_path_factory, template):
     mirror = write_cifar(tmp_path_factory.mktemp("cifar"), n_train=500, n_test=100)
-    project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, seq_cnn={"epochs": 3})
+    project = make_project(tmp_path_factory.mktemp("project"), template, seq_cnn={"epochs": 3})
     for key, value in {"data.dataset": "cifar10", "data.mirror": str(mirror), "train.models": MODELS,
                        "data.verify": False}.items():  # generated data: not the real dataset's checksums
         set_params(project, key, value)

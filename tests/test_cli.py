@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 EXPECTED = {"ui", "links", "serve", "lineage", "restore", "exps", "dag", "compare-optimizers", "server",
-            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun"}
+            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources"}
 
 
 def mnistflow(*args: str) -> subprocess.CompletedProcess:

@@ -68,14 +68,24 @@ def test_fast_layout_makes_conv_weights_channels_last_and_changes_no_output():
     torch.testing.assert_close(fast(x), plain(x))
 
 
-def test_determinism_seeds_and_sets_flags():
-    set_determinism(3, True)
-    a = torch.rand(3)
-    assert torch.are_deterministic_algorithms_enabled()
-    assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN fill of new tensors
-    set_determinism(3, False)
-    assert torch.equal(a, torch.rand(3))
-    assert not torch.are_deterministic_algorithms_enabled()
+def test_determinism_seeds_and_sets_flags_on_an_accelerator_only():
+    meta = torch.device("meta")  # stands for an accelerator: only its type is read
+    try:
+        set_determinism(3, True, meta)
+        a = torch.rand(3)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN fill of new tensors
+        set_determinism(3, False, meta)
+        assert torch.equal(a, torch.rand(3))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    # On the CPU: seeded, and torch's compiler config (about 1 s to import) is left alone.
+    code = ("import sys, torch; from mnistflow.core.device import set_determinism; set_determinism(3, True); "
+            "print('torch._inductor.config' in sys.modules, torch.are_deterministic_algorithms_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}).stdout
+    assert out.split() == ["False", "False"]
 
 
 FREED_BYTES = """

@@ -22,8 +22,8 @@ def dvc(project, *args, check=True):
     return run([sys.executable, "-m", "dvc", *args], project, pipeline_env(), check=check)
 
 
-def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, tiny_mirror):
-    project = make_project(tmp_path / "project", tiny_mirror, mlp={"epochs": 3})
+def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, template):
+    project = make_project(tmp_path / "project", template, mlp={"epochs": 3})
     set_params(project, "train.models", ["mlp"])
     # fp32: bf16 rounds a half batch's products otherwise than a whole one's (by far more than 1e-4)
     set_params(project, "train.amp", False)
@@ -60,8 +60,8 @@ def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, tiny_m
     assert len(runs_of(project)) == 3
 
 
-def test_a_diverging_loss_stops_every_process(tmp_path, tiny_mirror):
-    project = make_project(tmp_path / "project", tiny_mirror, mlp={"optimizer": "sgd", "lr": 1e12})
+def test_a_diverging_loss_stops_every_process(tmp_path, template):
+    project = make_project(tmp_path / "project", template, mlp={"optimizer": "sgd", "lr": 1e12})
     set_params(project, "train.models", ["mlp"])
     set_params(project, "train.nproc", 2)
     out = dvc(project, "repro", check=False)

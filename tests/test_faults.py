@@ -21,10 +21,9 @@ OUTS = ["models/cnn.pt", "reports/train/cnn.json", "reports/train/cnn.csv"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror):
+def project(tmp_path_factory, template):
     # batch_size 1 makes an epoch long enough (about a second) to be interrupted in the middle
-    project = make_project(tmp_path_factory.mktemp("faults"), tiny_mirror, cnn={"epochs": 4, "batch_size": 1})
-    run([sys.executable, "-m", "dvc", "repro", "preprocess"], project, pipeline_env())
+    project = make_project(tmp_path_factory.mktemp("faults"), template, cnn={"epochs": 4, "batch_size": 1})
     run([*TRAIN, "ref.pt", "ref.json", "ref.csv"], project, pipeline_env())  # uninterrupted reference
     return project
 

@@ -1,7 +1,8 @@
 """End to end on your own images: the real `dvc repro` on a generated folder of PNG and JPEG
 files of mixed sizes, with and without train/ and test/, through every stage; the class names
 in the metrics, the figures, the report page and the served model's answers; one image added
-re-runs download, preprocess and what follows, and nothing else."""
+and `make repro`'s `mnistflow sources` re-run check_params, download, preprocess and what
+follows, and nothing else."""
 from __future__ import annotations
 
 import json
@@ -24,11 +25,11 @@ def dvc(project, *args):
     return run([sys.executable, "-m", "dvc", *args], project, pipeline_env())
 
 
-def folder_project(tmp_path: Path, tiny_mirror: Path, split: bool) -> Path:
+def folder_project(tmp_path: Path, template: Path, split: bool) -> Path:
     # The images outside the project, as a user's usually are.
     images = write_image_folder(tmp_path / "my-images", classes=("owl", "dog", "cat"), per_class=60, split=split,
                                 gray_every=5)
-    project = make_project(tmp_path / "project", tiny_mirror)
+    project = make_project(tmp_path / "project", template)
     set_params(project, "data", {"dataset": "folder", "mirror": None, "verify": True, "val_size": 20,
                                  "path": str(images), "shape": [3, 24, 24], "test_size": 0.25})
     set_params(project, "train.models", ["mlp"])
@@ -62,21 +63,25 @@ def check_class_names_everywhere(project: Path, tmp_path: Path, test_size: int) 
     assert run_.data.metrics["test_acc"] == pytest.approx(accuracy)
 
 
-def test_a_folder_without_splits_through_every_stage_and_one_image_more(tmp_path, tiny_mirror):
-    project = folder_project(tmp_path, tiny_mirror, split=False)
+def test_a_folder_without_splits_through_every_stage_and_one_image_more(tmp_path, template):
+    project = folder_project(tmp_path, template, split=False)
     first = dvc(project, "repro")
-    assert stages_run(first.stdout) == ["download", "preprocess", "train@mlp", "evaluate@mlp", "visualize"]
+    stages = ["download", "preprocess", "train@mlp", "evaluate@mlp", "visualize"]
+    assert stages_run(first.stdout) == ["check_params", *stages]
     check_class_names_everywhere(project, tmp_path, test_size=45)
     assert "converted grayscale to RGB" in first.stdout + first.stderr
+    sources = [sys.executable, "-m", "mnistflow.cli", "sources"]
+    assert run(sources, project, pipeline_env()).stdout == ""  # the images as they were: nothing to do
     assert stages_run(dvc(project, "repro").stdout) == []  # nothing changed: nothing runs
     images = Path(tmp_path / "my-images")
     (images / "dog" / "extra.png").write_bytes((images / "dog" / "00000.png").read_bytes())
+    assert "your images changed" in run(sources, project, pipeline_env()).stdout  # as `make repro` does first
     again = dvc(project, "repro")
-    assert stages_run(again.stdout) == ["download", "preprocess", "train@mlp", "evaluate@mlp", "visualize"]
+    assert stages_run(again.stdout) == ["check_params", *stages]
     assert json.loads((project / "data/processed/stats.json").read_text())["sizes"]["train"] == 181 - 45 - 20
 
 
-def test_a_folder_with_train_and_test_through_every_stage(tmp_path, tiny_mirror):
-    project = folder_project(tmp_path, tiny_mirror, split=True)
+def test_a_folder_with_train_and_test_through_every_stage(tmp_path, template):
+    project = folder_project(tmp_path, template, split=True)
     dvc(project, "repro")
     check_class_names_everywhere(project, tmp_path, test_size=45)  # a quarter of each class's 60

@@ -6,7 +6,6 @@ answers over HTTP.
 Screenshots go to a temporary folder, or to $SCREENSHOTS."""
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 from conftest import add_make, free_port, make_project, pipeline_env, run
 from mnistflow.tools import screenshots as shots
 from mnistflow.tracking import file_md5
-from mnistflow.tracking.ui import HOME_PAGE_HINT, ui_url
+from mnistflow.tracking.ui import HOME_PAGE_HINT
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]
@@ -33,8 +32,8 @@ EXPERIMENTS = {"lr-a": "0.002", "lr-b": "0.004"}  # two DVC experiments on the s
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror):
-    project = make_project(tmp_path_factory.mktemp("ui"), tiny_mirror, mlp={"epochs": 2})
+def project(tmp_path_factory, template):
+    project = make_project(tmp_path_factory.mktemp("ui"), template, mlp={"epochs": 2})
     add_make(project)  # `make ui` and `make serve` as a user runs them
     run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
     run(["git", "add", "-A"], project)
@@ -165,9 +164,12 @@ def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_fille
 
 def test_each_report_page_link_opens_the_runs_that_made_those_weights(project, ui, browser):
     base, _ = ui
-    page_html = (project / "reports/index.html").read_text()
-    links = dict(re.findall(r'<section id="model-(\w+)">.*?<a href="([^"]+)">the runs that made these weights', page_html,
-                            re.S))
+    # The page as a user opens it after `make ui` (which points its links at this store and UI).
+    report = browser.new_page()
+    report.goto((project / "reports/index.html").as_uri())
+    links = dict(report.eval_on_selector_all(
+        "section[id^=model-] a.mlflow", "links => links.map(a => [a.closest('section').id.slice(6), a.href])"))
+    report.close()
     assert sorted(links) == sorted(MODELS)
     client = store(project)
     exp = client.get_experiment_by_name("mnist")
@@ -175,7 +177,8 @@ def test_each_report_page_link_opens_the_runs_that_made_those_weights(project, u
         md5 = file_md5(project / f"models/{model}.pt")  # the weights the page shows
         made = client.search_runs([exp.experiment_id], f"tags.model_md5 = '{md5}'")
         page = browser.new_page(viewport={"width": 2400, "height": 900})  # a new page: a link from outside the UI
-        shots.open_runs(page, html.unescape(link).replace(ui_url(), base))  # the page names `make ui`'s address
+        assert link.startswith(base)  # where `make ui` serves
+        shots.open_runs(page, link)
         assert_training_layout_with_the_view(page)
         rows = shots.grid(page)
         assert sorted(r["attributes.`Run Name`"] for r in rows) == sorted(r.info.run_name for r in made), model

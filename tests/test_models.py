@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from conftest import ROOT
 from mnistflow.core.errors import ConfigError
-from mnistflow.models import check_input, create_model, model_names, register
+from mnistflow.models import MODELS, check_input, create_model, model_names
 from mnistflow.models.dynamic import MAX_REPEATS
 from mnistflow.models.two_layer import MyReLU
 
@@ -98,9 +99,20 @@ def test_unknown_model_suggests_the_closest():
         create_model("lenett")
 
 
-def test_a_name_cannot_be_registered_twice():
-    with pytest.raises(ValueError, match="registered twice"):
-        register("mlp")(nn.Identity)
+def test_the_registry_lists_and_checks_models_without_importing_torch_or_any_model():
+    """check_params asks it for names and shapes: neither torch nor a model module may load."""
+    code = ("import sys; from mnistflow.models import check_input, model_names; check_input('cnn', 'mnist', (1, 28, 28)); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mnistflow.models.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout
+    assert out.strip() == "['mnistflow.models.registry']"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_registered_name_is_its_module_and_class(name):
+    model = create_model(name, (3, 32, 32) if name == "seq_cnn" else (1, 28, 28))
+    assert isinstance(model, nn.Module)
+    assert type(model).__module__ in (f"mnistflow.models.{name}", "torch.nn.modules.container")
 
 
 def test_every_registered_model_has_default_settings():

@@ -13,8 +13,8 @@ MODELS = ["two_layer", "dynamic"]
 
 
 @pytest.mark.slow  # minutes: make test-slow (CI) runs it
-def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_mirror):
-    project = make_project(tmp_path / "project", tiny_mirror)
+def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, template, tiny_mirror):
+    project = make_project(tmp_path / "project", template)
     first, second = (pipeline_run(project, tmp_path / name, tiny_mirror, MODELS) for name in ("first", "second"))
     assert compare(first, second) == []
     lock, _ = first
@@ -27,11 +27,11 @@ def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, tiny_
         assert r.info.status == "FINISHED" and "test_acc" in r.data.metrics and r.data.tags["model_md5"]
 
 
-def test_make_mnist_tutorial_runs_the_tutorials_mlp_as_an_experiment(tmp_path, tiny_mirror):
+def test_make_mnist_tutorial_runs_the_tutorials_mlp_as_an_experiment(tmp_path, template, tiny_mirror):
     """The README's way to the MNIST tutorial's numbers, on generated IDX data (MNIST has no
     offline source here): one DVC experiment with the tutorial's settings, the crop22 test among
     its metrics, one MLflow run with those params; the workspace keeps its outputs."""
-    project = add_make(make_project(tmp_path / "project", tiny_mirror))
+    project = add_make(make_project(tmp_path / "project", template))
     missing = run(["make", "mnist-tutorial"], project, pipeline_env(), check=False)
     assert missing.returncode != 0 and "set MNIST_DIR to a folder holding MNIST's four IDX files" in missing.stderr
     run(["make", "mnist-tutorial", f"MNIST_DIR={tiny_mirror}"], project, pipeline_env(), timeout=900)

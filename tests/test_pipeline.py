@@ -15,7 +15,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, SECRET, make_project, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import ROOT, SECRET, make_project, pending, pipeline_env, run, runs_of, set_params, stages_run
 from mnistflow.tracking import file_md5
 from mnistflow.tracking.ui import ui_url
 
@@ -36,8 +36,8 @@ def client_for(project) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror):
-    project = make_project(tmp_path_factory.mktemp("project"), tiny_mirror, mlp={"epochs": 2})
+def project(tmp_path_factory, template):
+    project = make_project(tmp_path_factory.mktemp("project"), template, mlp={"epochs": 2})
     first = dvc(project, "repro")
     FIRST_CNN.append((project / "models/cnn.pt").read_bytes())
     FIRST_RUNS.extend(runs_of(project))
@@ -74,10 +74,10 @@ def artifacts_of(project, runs) -> dict[str, bytes]:
 
 def test_repro_writes_every_output(project):
     project, first = project
-    for stage in ("check_params", "download", "preprocess",
-                  *(f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS),
-                  "visualize"):
-        assert f"Running stage '{stage}'" in first.stdout
+    # download and preprocess ran in the template project this one is a copy of (conftest)
+    ran = stages_run(first.stdout)
+    assert ran[0] == "check_params" and ran[-1] == "visualize"
+    assert sorted(ran[1:-1]) == sorted(f"{s}@{m}" for m in MODELS for s in ("train", "evaluate"))
     assert len(list((project / "data/raw/mnist/MNIST/raw").iterdir())) == 4
     for name in ("train", "val", "test", "variants/crop22", "variants/crop18"):
         split = torch.load(project / f"data/processed/{name}.pt", weights_only=True)
@@ -129,7 +129,7 @@ def test_each_model_has_a_complete_mlflow_run(project):
         assert EPOCH_METRICS | {"train_seconds"} <= set(r.data.metrics)
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert steps == ([1, 2] if model == "mlp" else [1])
-        assert "loss_curve.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+        assert "loss_curve.png" in [a.path for a in client.list_artifacts(r.info.run_id)]  # visualize's drawing
         inputs = {(d.dataset.name, d.tags[0].value) for d in r.inputs.dataset_inputs}
         assert inputs == {("mnist-train", "training"), ("mnist-val", "validation"), ("mnist-test", "evaluation"),
                           ("mnist-crop22", "evaluation"), ("mnist-crop18", "evaluation")}
@@ -245,7 +245,7 @@ def test_evaluation_outputs_and_figures(project):
             assert header == "actual,predicted,actual_index,predicted_index" and len(rows) == 200
     assert json.loads((project / "reports/eval/mlp.json").read_text())["test"] > 0.5
     figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
-        f"{kind}_{m}.png" for m in MODELS for kind in ("confusion", "reliability", "weights", "mistakes")} | {
+        f"{kind}_{m}.png" for m in MODELS for kind in ("loss_curve", "confusion", "reliability", "weights", "mistakes")} | {
         "feature_maps_cnn.png", "feature_maps_lenet.png"}
     assert {p.name for p in (project / "reports/figures").iterdir()} == figures
     for name in figures:
@@ -268,7 +268,9 @@ def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_
         assert {"val_acc", "test_acc", "test_macro_f1", "crop22_acc", "crop18_loss", "test_ece", "test_top2_acc",
                 "test_macro_auroc", "test_macro_precision", "test_macro_recall", "crop18_ece"} <= metrics
         artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
-        assert "confusion_test.png" in artifacts and "figures" not in artifacts
+        # the model's figures, drawn by visualize from the outputs and attached by the weights' md5
+        assert {"loss_curve.png", "confusion.png", "reliability.png", "mistakes.png", "weights.png"} <= set(artifacts)
+        assert "figures" not in artifacts
         assert mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_acc.json") == \
             json.loads(FIRST["per_class"][r.data.params["model"]])
     (report,) = FIRST["reports"]  # the first pipeline run drew the report once, in a run of its own
@@ -299,7 +301,7 @@ def test_evaluation_without_the_training_run_logs_to_a_new_run(project, tmp_path
     client = MlflowClient(tracking_uri=f"sqlite:///{other}")
     (r,) = runs_of(project, db=other)
     assert r.data.tags["evaluation_only"] == "true" and "test_acc" in r.data.metrics
-    assert "confusion_test.png" in [a.path for a in client.list_artifacts(r.info.run_id)]
+    assert "per_class_acc.json" in [a.path for a in client.list_artifacts(r.info.run_id)]
     assert (tmp_path / "other" / "artifacts").is_dir()  # artifacts beside that store, not in the project
     assert stages_run(dvc(project, "repro").stdout) == []
 
@@ -310,7 +312,7 @@ def test_report_page_renders_offline_in_headless_chromium(project, tmp_path):
     if browser is None:
         pytest.skip("chromium is not installed (make test installs it where it runs as root with apt-get)")
     page = (project / "reports/index.html").read_text()
-    assert "http" not in page.replace(ui_url(), "")  # nothing from the network but links to `make ui`
+    assert "http" not in page  # nothing from the network; MLflow links resolved beside it (mlflow-links.js)
     # A copy beside the original (so relative image paths resolve) that reports what loaded.
     probe = page.replace("</body>", """<script>
 window.addEventListener("load", () => {
@@ -319,7 +321,9 @@ window.addEventListener("load", () => {
     images: [...document.images].map(i => [i.getAttribute("src"), i.naturalWidth]),
     rows: document.querySelectorAll("#accuracy tr").length,
     ece: [...document.querySelectorAll("#ece tr")].map(r => r.innerText),
-    models: [...document.querySelectorAll("section[id^=model-]")].map(s => [s.id, s.querySelector(".facts").innerText])});
+    models: [...document.querySelectorAll("section[id^=model-]")].map(s => [s.id, s.querySelector(".facts").innerText]),
+    links: [...document.querySelectorAll("a.mlflow")].map(a => a.href),
+    unresolved: document.getElementById("mlflow-unresolved").hidden});
   document.body.appendChild(pre);
 });
 </script></body>""")
@@ -333,7 +337,7 @@ window.addEventListener("load", () => {
     finally:
         check.unlink()
     result = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
-    assert len(result["images"]) == 17
+    assert len(result["images"]) == 20
     assert [src for src, width in result["images"] if width == 0] == []
     assert result["rows"] == 1 + len(MODELS)
     assert len(result["ece"]) == 1 + len(MODELS) and result["ece"][0].split() == ["model", "test", "crop22", "crop18"]
@@ -343,10 +347,50 @@ window.addEventListener("load", () => {
     for model, facts in result["models"]:
         for what in ("parameters", "val acc", "test acc", "test ECE", "weights (md5)", "MLflow run"):
             assert what in facts, (model, what)
-    assert page.count(f"{ui_url()}/#/experiments/") == 2 + len(MODELS)  # the experiment (href, text), each run
-    for model in MODELS:  # each run found by its weights' md5 (a view of its own), not by a run id
-        md5 = file_md5(project / f"models/{model}.pt")
-        assert f"viewStateShareKey=weights-{md5[:12]}" in html.unescape(page) and md5 in page
+    # The links, resolved as the page opens from the links file visualize wrote beside it: the
+    # experiment's runs table, then each model's runs, found by its weights' md5 (a view of its own).
+    assert result["unresolved"] is True  # the "links open once make ui ran" note is hidden
+    experiment = client_for(project).get_experiment_by_name("mnist").experiment_id
+    runs_table = f"{ui_url()}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey="
+    views = ["mnistflow", *(f"weights-{file_md5(project / f'models/{m}.pt')[:12]}" for m in MODELS)]
+    assert result["links"] == [runs_table + view for view in views]
+
+
+def test_the_report_page_is_the_same_bytes_against_another_store_and_ui_port(project, template, tmp_path):
+    """Another store (its experiment ids differ) and another UI address: visualize writes the same
+    page; only the links file beside it, which DVC does not track, differs."""
+    project = copy_of(project[0], tmp_path)
+    page, links = (project / "reports/index.html").read_bytes(), (project / "reports/mlflow-links.js").read_text()
+    other = tmp_path / "other" / "mlflow.db"
+    other.parent.mkdir()
+    shutil.copy(template / "mlruns" / "mlflow.db", other)  # migrated, empty
+    MlflowClient(f"sqlite:///{other}").create_experiment("came-first")  # the ids move on by one
+    env = {**pipeline_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{other}", "MLFLOW_UI_URL": "http://127.0.0.1:8123"}
+    forced = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "visualize"], project, env)
+    assert stages_run(forced.stdout) == ["visualize"]
+    assert (project / "reports/index.html").read_bytes() == page
+    assert pending(dvc(project, "status", "--json").stdout) == {}  # dvc.lock did not move
+    moved = (project / "reports/mlflow-links.js").read_text()
+    # the store's own experiment ids (this one has no training runs: figures attach to none)
+    assert moved != links and '"mnist-reports": "http://127.0.0.1:8123/#/experiments/2/runs?' in moved
+
+
+def test_a_code_change_reruns_only_the_stages_that_load_it(project, tmp_path):
+    """Training, tracking and presentation apart: the figures' code and the UI module are
+    visualize's alone, a model's module its own stages'. (A comment changes no weight, so what
+    follows train@cnn stays; a change that moved the weights would re-run visualize too.)"""
+    project = copy_of(project[0], tmp_path)
+
+    def edit(path: str) -> list[str]:
+        with open(project / path, "a") as f:
+            f.write("# an edit\n")
+        return stages_run(dvc(project, "repro").stdout)
+
+    assert edit("src/mnistflow/report/plots.py") == ["visualize"]
+    assert edit("src/mnistflow/tracking/ui.py") == ["visualize"]
+    assert edit("src/mnistflow/models/dynamic.py") == []  # not in the default set
+    assert edit("src/mnistflow/models/cnn.py") == ["train@cnn", "evaluate@cnn"]
+    assert pending(dvc(project, "status", "--json").stdout) == {}
 
 
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
@@ -367,26 +411,22 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     assert latest.info.run_name.endswith("-dirty")  # made from uncommitted changes
 
 
-def test_dvc_exp_run_temp_lands_in_the_same_store(project):
+def test_dvc_exp_run_temp_lands_in_the_same_store_and_fast_numerics_say_so(project):
+    """One experiment (lenet alone, another lr, fast numerics) in DVC's temporary copy: its run
+    lands in the workspace's store, named by the experiment, and records what computed it."""
     project, _ = project
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "cnn lr 0.01"], project, pipeline_env())
     before = len(runs_of(project))
-    dvc(project, "exp", "run", "--temp", "-S", "train.lenet.lr=0.002", "-n", "lenet-lr")
+    dvc(project, "exp", "run", "--temp", "-S", "train.lenet.lr=0.002", "-S", "numerics.mode=fast",
+        "-S", "train.models=[lenet]", "-n", "lenet-fast")
     runs = runs_of(project)
     assert len(runs) == before + 1
-    latest = runs[-1]
-    assert latest.info.run_name == "lenet · lenet-lr" and latest.data.params["lr"] == "0.002"
-    assert latest.data.tags.get("dvc_exp_name") == "lenet-lr"
-    assert latest.info.status == "FINISHED"
-    assert "lenet-lr" in dvc(project, "exp", "show", "--json").stdout
-
-
-def test_fast_numerics_still_train_and_say_so_in_the_run(project):
-    project, _ = project
-    dvc(project, "exp", "run", "--temp", "-S", "numerics.mode=fast", "-S", "train.models=[lenet]", "-n", "fast")
-    fast = runs_of(project)[-1]
-    assert fast.info.run_name == "lenet · fast" and fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
+    fast = runs[-1]
+    assert fast.info.run_name == "lenet · lenet-fast" and fast.data.params["lr"] == "0.002"
+    assert fast.data.tags.get("dvc_exp_name") == "lenet-fast"
+    assert fast.info.status == "FINISHED" and "test_acc" in fast.data.metrics
+    assert "lenet-fast" in dvc(project, "exp", "show", "--json").stdout
     from mnistflow.core.device import cpu_has_bf16
     assert fast.data.params["numerics"] == "fast" and fast.data.params["mkl_branch"] == "auto"
     assert fast.data.params["precision"] == ("bf16" if cpu_has_bf16() else "fp32")  # train.amp: bf16 units only

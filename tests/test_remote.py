@@ -33,10 +33,10 @@ def env_with_src(repo) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory, tiny_mirror):
+def pushed(tmp_path_factory, template):
     """A project whose pipeline ran, dvc.lock committed, every output pushed to a local remote."""
     root = tmp_path_factory.mktemp("remote")
-    first = make_project(root / "first", tiny_mirror)
+    first = make_project(root / "first", template)
     remote = root / "dvc-remote"
     dvc(first, "remote", "modify", "--local", "local", "url", str(remote))
     dvc(first, "repro")

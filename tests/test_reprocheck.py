@@ -21,8 +21,8 @@ def test_compare_names_each_differing_output_and_metric():
 
 
 @pytest.mark.e2e
-def test_an_unseeded_shuffle_is_caught(tmp_path, tiny_mirror):
-    project = make_project(tmp_path / "project", tiny_mirror)
+def test_an_unseeded_shuffle_is_caught(tmp_path, template):
+    project = make_project(tmp_path / "project", template)
     splits = project / "src/mnistflow/data/preprocess.py"
     seeded = "order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))"
     assert seeded in splits.read_text()

@@ -56,19 +56,20 @@ def rest(url: str, path: str, password: str | None, body: dict | None = None):
     return json.loads(data) if path.startswith("/api/2.0/mlflow/") else data
 
 
-def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, tiny_mirror):
+def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, template):
     url, password = server
     with pytest.raises(urllib.error.HTTPError) as unauthenticated:
         rest(url, "/api/2.0/mlflow/experiments/search?max_results=1", None)
     assert unauthenticated.value.code == 401
 
-    project = make_project(tmp_path / "project", tiny_mirror)
+    project = make_project(tmp_path / "project", template)
+    shutil.rmtree(project / "mlruns")  # the template's local store: nothing may land there
     env = {**pipeline_env(), "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin"}
     wrong = run([sys.executable, "-m", "dvc", "repro"], project, {**env, "MLFLOW_TRACKING_PASSWORD": "wrong"},
                 check=False)
     assert wrong.returncode != 0 and "Traceback" not in wrong.stdout + wrong.stderr
     assert f"error: the MLflow server at {url} refused user 'admin' (HTTP 401)" in wrong.stderr
-    assert not any((project / d).exists() for d in ("data", "models", "reports/train"))  # nothing touched
+    assert not any((project / d).exists() for d in ("models", "reports/train"))  # refused before any training
 
     run([sys.executable, "-m", "dvc", "repro"], project, {**env, "MLFLOW_TRACKING_PASSWORD": password}, timeout=900)
     assert not (project / "mlruns").exists()  # everything went to the server

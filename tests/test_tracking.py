@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from mnistflow import tracking
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, migrated_db):
     """A real sqlite store in a temp project root, found the way stages find it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(migrated_db, tmp_path / "mlruns" / "mlflow.db")
     return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
 
 

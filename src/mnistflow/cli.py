@@ -21,6 +21,7 @@ COMMANDS = {
     "torchrun": ("mnistflow.train.distributed:main", "torchrun for several machines, failures in one line each"),
     "server": ("mnistflow.tools.server:main", "a team tracking server: start or stop"),
     "screenshots": ("mnistflow.tools.screenshots:main", "the docs' MLflow screenshots from the repo's store"),
+    "sources": ("mnistflow.tools.sources:main", "re-read your images (dataset: folder) before `dvc repro`"),
     "lock-check": ("mnistflow.tools.lockcheck:main", "does dvc.lock record the committed code and params?"),
     "repro-check": ("mnistflow.tools.reprocheck:main", "the pipeline twice from empty caches: do the outputs agree?"),
     "numcheck": ("mnistflow.tools.numcheck:main", "the default models' weights natively or on an emulated CPU"),

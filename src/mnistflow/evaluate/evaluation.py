@@ -20,7 +20,6 @@ from mnistflow.core.errors import DataError
 from mnistflow.models.inference import Normalizer, logits_in_batches
 from mnistflow.core.io import load_torch, write_csv, write_json
 from mnistflow.models import create_model
-from mnistflow.report.plots import confusion_matrix
 from mnistflow.data.splits import Split, load_split, read_classes, read_stats
 
 log = logging.getLogger(__name__)
@@ -95,9 +94,10 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
     models x sets table), every metric to `detail_path`, per-class accuracy to `per_class_path`,
     the reliability bins to `reliability_path`, a confusion CSV into `confusion_dir`; the same
     numbers into its MLflow run, linked to its logged model."""
+    tracking.client()  # first: a tracking server that does not answer or refuses us is one line, before any work
     device = select_device(cfg.device)
     configure(cfg.numerics.mode, cfg.numerics.threads)
-    set_determinism(cfg.seed, cfg.train.deterministic)
+    set_determinism(cfg.seed, cfg.train.deterministic, device)
     shape, classes = cfg.data.image_shape, read_classes(data_dir)
     model = create_model(name, shape, len(classes))
     try:
@@ -107,19 +107,18 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
     fast_layout(model).to(device)
     norm = Normalizer(**read_stats(data_dir))
     sets = {"test": data_dir / "test.pt", **{v: data_dir / "variants" / f"{v}.pt" for v in cfg.preprocess.variants}}
-    report, figures, datasets, bins = {}, {}, {}, []
+    report, datasets, bins = {}, {}, []
     for set_name, path in sets.items():
         split = load_split(path, shape, len(classes)).to(device)
         datasets[set_name] = tracking.dataset(f"{cfg.data.dataset}-{set_name}", path, split.images, split.labels)
         metrics, preds, set_bins = evaluate_split(model, split, norm, classes)
-        confusion = metrics.pop("confusion")
+        del metrics["confusion"]  # the CSV below holds every prediction; visualize draws it
         report[set_name] = metrics
         bins += [{"set": set_name, **row} for row in set_bins]
         # The class indices beside the names: `dvc plots show` orders the classes by them.
         write_csv(Path(confusion_dir) / f"confusion_{set_name}.csv",
                   [{"actual": classes[a], "predicted": classes[p], "actual_index": a, "predicted_index": p}
                    for a, p in zip(split.labels.tolist(), preds.tolist())])
-        figures[f"confusion_{set_name}.png"] = confusion_matrix(confusion, classes, f"{name}: {set_name}")
         log.info("%s on %s: acc %.4f macro_f1 %.4f ece %.4f loss %.4f", name, set_name,
                  metrics["acc"], metrics["macro_f1"], metrics["ece"], metrics["loss"])
     # Per-class accuracy beside the metrics, not in them: dvc metrics show stays a models x sets table.
@@ -128,6 +127,5 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
     write_json(detail_path, report)
     write_csv(reliability_path, bins)
     write_json(metrics_path, {s: m["acc"] for s, m in report.items()})
-    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), report, datasets, figures,
-                            per_class)
+    tracking.log_evaluation(cfg.data.dataset, name, tracking.file_md5(weights), report, datasets, per_class)
     return report

@@ -2,10 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from mnistflow.models.registry import register
 
-
-@register("cnn")
 class CNN(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()

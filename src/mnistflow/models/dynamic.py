@@ -12,12 +12,10 @@ import math
 import torch
 from torch import nn
 
-from mnistflow.models.registry import register
 
 MAX_REPEATS = 3
 
 
-@register("dynamic", accepts=None)
 class DynamicNet(nn.Module):
     def __init__(self, shape=(1, 28, 28), hidden: int = 100, num_classes: int = 10):
         super().__init__()

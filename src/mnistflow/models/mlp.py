@@ -3,10 +3,7 @@ import math
 
 from torch import nn
 
-from mnistflow.models.registry import register
 
-
-@register("mlp", accepts=None)
 class MLP(nn.Module):
     def __init__(self, shape=(1, 28, 28), hidden: int = 500, num_classes: int = 10):
         super().__init__()

@@ -1,46 +1,44 @@
-"""The one registry of model names and the input shape each accepts. Adding a model: one
-module, one `@register` line."""
+"""The one registry of model names: for each, its class in `mnistflow.models.<name>` and the input
+shape it accepts. Listing names and checking shapes imports neither torch nor any model; a model's
+module is imported when the model is made, so a stage depends on that module alone (dvc.yaml's
+`src/mnistflow/models/${item}.py`). Adding a model: one module, one line in MODELS."""
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable
-
-from torch import nn
+import importlib
+from typing import NamedTuple
 
 from mnistflow.core.errors import ConfigError
 
 Shape = tuple[int, int, int]  # channels, height, width
+MNIST_SHAPE: Shape = (1, 28, 28)
 
 
-@dataclass(frozen=True)
-class _Entry:
-    factory: Callable[..., nn.Module]
-    accepts: Shape | None  # None: any shape (the model flattens its input), given to the factory
+class Entry(NamedTuple):
+    cls: str  # the class (or factory) in mnistflow.models.<name>
+    accepts: Shape | None  # None: any shape (the model flattens its input), given to the class
 
 
-_MODELS: dict[str, _Entry] = {}
-
-
-def register(name: str, accepts: Shape | None = (1, 28, 28)):
-    def add(factory: Callable[..., nn.Module]):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = _Entry(factory, accepts)
-        return factory
-    return add
+MODELS: dict[str, Entry] = {
+    "cnn": Entry("CNN", MNIST_SHAPE),
+    "dynamic": Entry("DynamicNet", None),
+    "lenet": Entry("LeNet", MNIST_SHAPE),
+    "mlp": Entry("MLP", None),
+    "seq_cnn": Entry("seq_cnn", (3, 32, 32)),
+    "two_layer": Entry("TwoLayerNet", None),
+}
 
 
 def model_names() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
-def _entry(name: str) -> _Entry:
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=1)
+def _entry(name: str) -> Entry:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(model_names())})")
-    return _MODELS[name]
+    return MODELS[name]
 
 
 def _shape(shape: Shape) -> str:
@@ -55,12 +53,17 @@ def check_input(name: str, dataset: str, shape: Shape) -> None:
                           f"but dataset {dataset!r} has {_shape(shape)}")
 
 
-def create_model(name: str, shape: Shape = (1, 28, 28), num_classes: int = 10) -> nn.Module:
-    """The model for images of `shape` and `num_classes` classes; one that takes a fixed shape is
-    refused any other."""
+def model_class(name: str):
+    """The model's class (or factory), from its own module (imported here, on first use)."""
+    return getattr(importlib.import_module(f"mnistflow.models.{name}"), _entry(name).cls)
+
+
+def create_model(name: str, shape: Shape = MNIST_SHAPE, num_classes: int = 10):
+    """The model (a torch nn.Module) for images of `shape` and `num_classes` classes; one that
+    takes a fixed shape is refused any other."""
     entry = _entry(name)
     if entry.accepts is None:
-        return entry.factory(shape, num_classes=num_classes)
+        return model_class(name)(shape, num_classes=num_classes)
     if tuple(entry.accepts) != tuple(shape):
         raise ConfigError(f"model {name!r} takes {_shape(entry.accepts)} images, not {_shape(shape)}")
-    return entry.factory(num_classes=num_classes)
+    return model_class(name)(num_classes=num_classes)

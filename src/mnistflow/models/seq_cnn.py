@@ -9,10 +9,7 @@ drop that last ReLU; the logits go to the cross-entropy as they are.
 """
 from torch import nn
 
-from mnistflow.models.registry import register
 
-
-@register("seq_cnn", accepts=(3, 32, 32))
 def seq_cnn(num_classes: int = 10) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(3, 64, 5), nn.ReLU(), nn.MaxPool2d(2),   # 32 -> 28, pooled to 14

@@ -5,8 +5,6 @@ import math
 import torch
 from torch import nn
 
-from mnistflow.models.registry import register
-
 
 class MyReLU(torch.autograd.Function):
     @staticmethod
@@ -20,7 +18,6 @@ class MyReLU(torch.autograd.Function):
         return grad_output.masked_fill(x < 0, 0)  # as the tutorial: the gradient passes where x >= 0
 
 
-@register("two_layer", accepts=None)
 class TwoLayerNet(nn.Module):
     def __init__(self, shape=(1, 28, 28), hidden: int = 100, num_classes: int = 10):
         super().__init__()

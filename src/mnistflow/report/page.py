@@ -1,6 +1,8 @@
 """The report page, `reports/index.html`, from its template (templates/index.html.j2): one
 static file with every figure, that opens offline. Only what the inputs fix goes on it (no run
-ids, times or commits): it is a DVC output like any other, byte-identical when reproduced."""
+ids, experiment ids, hosts, ports, times or commits): it is a DVC output like any other,
+byte-identical when reproduced against any store. Its MLflow links name a dataset's experiment
+and a saved view; the page resolves them when viewed, from `ui.LINKS_FILE` beside it."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +10,7 @@ import html
 from pathlib import Path
 
 from mnistflow.core.config import Config
+from mnistflow.tracking.ui import HEADLINE, LINKS_FILE
 
 
 @functools.cache
@@ -20,7 +23,13 @@ def _template():
     return env.get_template("index.html.j2")
 
 
-def facts_rows(cfg: Config, name: str, evals: dict, facts: dict) -> list[tuple[str, str]]:
+def mlflow_link(experiment: str, view: str, text: str) -> str:
+    """A link to a saved view of an experiment, resolved when the page is viewed."""
+    e = html.escape
+    return f'<a class="mlflow" data-experiment="{e(experiment)}" data-view="{e(view)}" href="#mlflow">{e(text)}</a>'
+
+
+def facts_rows(cfg: Config, name: str, evals: dict, facts: dict, view: str) -> list[tuple[str, str]]:
     """A model's settings and results, as the rows of its table (values are HTML)."""
     e = html.escape
     mc = cfg.model(name)
@@ -34,12 +43,13 @@ def facts_rows(cfg: Config, name: str, evals: dict, facts: dict) -> list[tuple[s
         ("test acc", f"{test['acc']:.4f}"),
         ("test ECE, top-2 acc, macro AUROC", f"{test['ece']:.4f}, {test['top2_acc']:.4f}, {test['macro_auroc']:.4f}"),
         ("weights (md5)", f"<code>{facts['model_md5']}</code>"),
-        ("MLflow run", f'<a href="{e(facts["url"])}">the runs that made these weights</a>'),
+        ("MLflow run", mlflow_link(cfg.data.dataset, view, "the runs that made these weights")),
     ]
 
 
 def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, facts: dict, per_model: dict, comparison: dict | None,
-               experiment_url: str, fig_dir) -> str:
+               views: dict[str, str], fig_dir) -> str:
+    """`views`: per model, the key of the saved view of the runs that made its weights."""
     e = html.escape
     models = list(cfg.train.models)
 
@@ -47,8 +57,9 @@ def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, fa
         return f'<img src="{e(str(fig_dir))}/{e(name)}" alt="{e(name)}"' + (' class="wide">' if wide else ">")
 
     return _template().render(
-        dataset=cfg.data.dataset, experiment_url=experiment_url, models=models, sets=list(next(iter(evals.values()))),
+        dataset=cfg.data.dataset, links_file=LINKS_FILE,
+        experiment_link=mlflow_link(cfg.data.dataset, HEADLINE, "the runs table"), models=models, sets=list(next(iter(evals.values()))),
         evals=evals, classes=classes, per_class=per_class,
         per_class_cell=lambda v: "&ndash;" if v is None else f"{v:.3f}",  # None: no image of that class
-        facts_rows={m: facts_rows(cfg, m, evals[m], facts[m]) for m in models}, figures=per_model,
+        facts_rows={m: facts_rows(cfg, m, evals[m], facts[m], views[m]) for m in models}, figures=per_model,
         comparison=comparison, img=img)

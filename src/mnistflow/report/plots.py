@@ -19,15 +19,18 @@ def _per_epoch(*axes: tuple, legend_size: int | None = 8) -> None:
         ax.legend(fontsize=legend_size)
 
 
-def loss_curve(history, title: str) -> Figure:
-    """Train and validation loss (left) and accuracy (right) per epoch."""
-    epochs = [r.epoch for r in history]
+def loss_curve(history: list[dict], title: str) -> Figure:
+    """Train and validation loss (left) and accuracy (right) per epoch, from the history's rows."""
+    def column(key: str) -> list[float]:
+        return [float(r[key]) for r in history]
+
+    epochs = [int(r["epoch"]) for r in history]
     fig = Figure(figsize=(10, 4), layout="tight")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r.train_loss for r in history], marker="o", label="train")
-    ax_loss.plot(epochs, [r.val_loss for r in history], marker="o", label="val")
-    ax_acc.plot(epochs, [r.train_acc for r in history], marker="o", label="train")
-    ax_acc.plot(epochs, [r.val_acc for r in history], marker="o", label="val")
+    ax_loss.plot(epochs, column("train_loss"), marker="o", label="train")
+    ax_loss.plot(epochs, column("val_loss"), marker="o", label="val")
+    ax_acc.plot(epochs, column("train_acc"), marker="o", label="train")
+    ax_acc.plot(epochs, column("val_acc"), marker="o", label="val")
     _per_epoch((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy"), legend_size=None)
     fig.suptitle(title)
     return fig

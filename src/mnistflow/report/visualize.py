@@ -1,4 +1,8 @@
-"""The visualize stage: the tutorials' figures for every model, and one static report page."""
+"""The visualize stage: the tutorials' figures for every model, and one static report page. It
+draws every figure of the pipeline (a figure's look is a dependency of this stage alone), from
+the other stages' outputs: the weights files (no model code: the first layer is read from the
+state dict), histories, evaluations. Each model's figures are attached to the MLflow run that
+trained its weights; the page's MLflow links are resolved beside it (ui.LINKS_FILE)."""
 from __future__ import annotations
 
 import csv
@@ -9,17 +13,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mnistflow.report import plots
 from mnistflow.report.page import index_html
 from mnistflow import tracking
 from mnistflow.tracking import ui
 from mnistflow.core.config import Config
-from mnistflow.core.device import configure, fast_layout
+from mnistflow.core.device import configure
 from mnistflow.core.errors import DataError
 from mnistflow.core.io import load_torch, write_bytes, write_figure
-from mnistflow.models import create_model
 from mnistflow.data.splits import load_split, read_classes, read_stats
 from mnistflow.models.inference import Normalizer
 
@@ -27,16 +29,24 @@ log = logging.getLogger(__name__)
 SHOWN = 16  # images in the samples and predictions grids
 
 
-def first_layer(model: nn.Module) -> nn.Module:
-    return next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+def first_layer(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias of the first linear or conv layer, read from the weights file's state
+    dict (registration order: the first layer first): 2-d weights are linear, 4-d conv."""
+    key = next(k for k, v in state.items() if k.endswith("weight") and v.is_floating_point() and v.dim() in (2, 4))
+    return state[key], state.get(key.removesuffix("weight") + "bias")
 
 
-def weights_figure(model: nn.Module, name: str, shape: tuple[int, int, int]):
+def parameter_count(state: dict[str, torch.Tensor]) -> int:
+    """The trainable numbers: the floating-point tensors (integer buffers, such as DynamicNet's
+    seed and pass count, are not parameters; no model here has floating-point buffers)."""
+    return sum(v.numel() for v in state.values() if v.is_floating_point())
+
+
+def weights_figure(state: dict[str, torch.Tensor], name: str, shape: tuple[int, int, int]):
     """What the first layer learned: the conv1 filters, or fc1 rows as images (MLP); in colour
     where the images have three channels."""
-    layer = first_layer(model)
-    w = layer.weight.detach().cpu()
-    if isinstance(layer, nn.Conv2d):
+    w, _ = first_layer(state)
+    if w.dim() == 4:
         images, what = w, "conv1 filters"
     else:
         images, what = w[:32].view(-1, *shape), f"fc1 rows as {shape[1]}x{shape[2]} images (first 32)"
@@ -45,12 +55,12 @@ def weights_figure(model: nn.Module, name: str, shape: tuple[int, int, int]):
 
 
 @torch.inference_mode()
-def feature_maps_figure(model: nn.Module, image: torch.Tensor, norm: Normalizer, name: str):
-    conv = first_layer(model)
-    x = norm(image[None].cpu())
-    output = conv.cpu()(x)[0, 0]
+def feature_maps_figure(state: dict[str, torch.Tensor], image: torch.Tensor, norm: Normalizer, name: str):
+    w, b = first_layer(state)
+    # channels-last weights: computed as the evaluate stage computes the layer
+    output = F.conv2d(norm(image[None].cpu()), w.contiguous(memory_format=torch.channels_last), b)[0, 0]
     pooled = F.max_pool2d(output.relu()[None], 2)[0]
-    return plots.feature_maps(image, conv.weight[0], output, pooled, f"{name}: conv1, filter 0")
+    return plots.feature_maps(image, w[0], output, pooled, f"{name}: conv1, filter 0")
 
 
 def mistakes_figure(rows: list[dict], images, name: str):
@@ -90,6 +100,7 @@ def read_comparison(path: Path, dataset: str) -> dict | None:
 
 def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, optimizers: Path,
               figures_dir: Path, index_path: Path) -> None:
+    store = tracking.client()  # first: a tracking server that does not answer or refuses us is one line
     configure(cfg.numerics.mode, cfg.numerics.threads)
     classes, shape = read_classes(data_dir), cfg.data.image_shape
     norm = Normalizer(**read_stats(data_dir))
@@ -107,41 +118,48 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         shared["optimizers.png"] = plots.optimizer_curves(comparison)
     per_model, facts = {}, {}
     for name in cfg.train.models:
-        model = create_model(name, shape, len(classes))
-        model.load_state_dict(load_torch(models_dir / f"{name}.pt"))
-        fast_layout(model).eval()  # the feature maps computed as in evaluation
+        state = load_torch(models_dir / f"{name}.pt")
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
         predicted = read_csv(eval_dir / name / "confusion_test.csv")
         figs = {
+            f"loss_curve_{name}.png": plots.loss_curve(read_csv(train_dir / f"{name}.csv"),
+                                                       f"{name} on {cfg.data.dataset}"),
             f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
                                                             f"{name}: test set (row-normalized)"),
             f"reliability_{name}.png": plots.reliability_diagram(
                 read_reliability(eval_dir / f"{name}.reliability.csv"), {s: r["ece"] for s, r in evals[name].items()},
                 f"{name}: reliability"),
             f"mistakes_{name}.png": mistakes_figure(predicted, test.images, name),
-            f"weights_{name}.png": weights_figure(model, name, shape),
+            f"weights_{name}.png": weights_figure(state, name, shape),
         }
-        if isinstance(first_layer(model), nn.Conv2d):
-            figs[f"feature_maps_{name}.png"] = feature_maps_figure(model, test.images[0], norm, name)
+        if first_layer(state)[0].dim() == 4:
+            figs[f"feature_maps_{name}.png"] = feature_maps_figure(state, test.images[0], norm, name)
         per_model[name] = figs
         facts[name] = {
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": parameter_count(state),
             "val_acc": json.loads((train_dir / f"{name}.json").read_text())["val_acc"],
             "model_md5": tracking.file_md5(models_dir / f"{name}.pt"),
         }
     files = [*shared, *(f for figs in per_model.values() for f in figs)]
     for name, fig in [*shared.items(), *(kv for figs in per_model.values() for kv in figs.items())]:
         write_figure(figures_dir / name, fig, cfg.visualize.dpi)
-    # Only what the inputs fix goes on the page (no run ids, times or commits): it is a DVC
-    # output like any other, byte-identical when reproduced. Runs are found by the weights' md5.
-    experiment_url = ui.runs_url(tracking.experiment_id(cfg.data.dataset))
-    for fact in facts.values():
-        fact["url"] = tracking.weights_url(cfg.data.dataset, fact["model_md5"])
-    page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison, experiment_url,
+    # Only what the inputs fix goes on the page (no run ids, ports, times or commits): it is a DVC
+    # output like any other, byte-identical when reproduced. Its MLflow links are resolved when
+    # it is viewed, from ui.LINKS_FILE beside it (written below and by `make ui`).
+    page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison,
+                      {m: ui.weights_view(f["model_md5"]) for m, f in facts.items()},
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
+    for name, figs in per_model.items():  # each model's figures, in the run that trained it
+        tracking.attach_figures(cfg.data.dataset, name, facts[name]["model_md5"],
+                                {f.replace(f"_{name}.png", ".png"): figures_dir / f for f in figs})
     run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],
                                  {**tracking.git_state(), "models": ",".join(cfg.train.models)})
+    for exp in (cfg.data.dataset, tracking.reports_experiment(cfg.data.dataset)):
+        ui.install(store, exp)
+    for fact in facts.values():
+        ui.install_weights_view(store, cfg.data.dataset, fact["model_md5"])
+    ui.write_links(store, index_path.parent)
     log.info("report: %s (MLflow run %s)", index_path, run_id)
 
 

@@ -22,8 +22,6 @@ def stale_stages(root: Path | str = ".") -> dict[str, list[str]]:
         for stage, changes in repo.status().items():
             reasons = []
             for change in changes:
-                if change == "always changed":  # check_params, by design: it runs on every repro
-                    continue
                 if isinstance(change, str):  # "changed command", "changed outs", ...
                     reasons.append(change)
                     continue

@@ -11,23 +11,25 @@ from pathlib import Path
 
 from mnistflow.cli import Parser
 from mnistflow.core.errors import MnistflowError
+from mnistflow.core.io import repo_root
 from mnistflow.tracking import lineage, store, ui
 
 
 def print_links(names: list[str] | None = None) -> None:
-    """Repoint a moved store, give every experiment its views, print the page of each."""
+    """Repoint a moved store, give every experiment its layout and views, print the page of
+    each, and point the report page's links at this store and UI (reports/mlflow-links.js)."""
     client = store.client()
     for name in names or [e.name for e in client.search_experiments() if e.name != "Default"]:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
+        if client.get_experiment_by_name(name) is None:
             raise MnistflowError(f"no experiment {name!r} in {store.tracking_uri()}")
-        reports = name.endswith("-reports")
-        store.experiment_id(name, reports=reports)  # its views, also in a store from before them
-        if reports:
-            print(f"{name}: {ui.runs_url(exp.experiment_id, ui.REPORTS)}")
+        exp_id = ui.install(client, name)  # also in a store from before them
+        if name.endswith("-reports"):
+            print(f"{name}: {ui.runs_url(exp_id, ui.REPORTS)}")
         else:
-            print(f"{name}: {ui.runs_url(exp.experiment_id)}")
-            print(f"{name} charts: {ui.runs_url(exp.experiment_id, charts=True)}")
+            print(f"{name}: {ui.runs_url(exp_id)}")
+            print(f"{name} charts: {ui.runs_url(exp_id, charts=True)}")
+    if (repo_root() / "reports" / "index.html").exists():
+        ui.write_links(client, repo_root() / "reports")
     print(ui.HOME_PAGE_HINT, flush=True)
 
 

@@ -8,8 +8,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import torch
-
 from mnistflow.core.io import repo_root
 from mnistflow.tracking.store import mlflow_module
 
@@ -46,7 +44,7 @@ def file_md5(path: str | Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
+def run_tags(dataset: str, device) -> dict[str, str]:
     """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
     tags = {"dataset": dataset, "device": str(device), **git_state()}
     if os.environ.get("DVC_EXP_NAME"):
@@ -56,6 +54,8 @@ def run_tags(dataset: str, device: torch.device) -> dict[str, str]:
 
 def environment() -> dict[str, str]:
     """What else describes where a run ran: recorded in its lineage.json, not as tags."""
+    import torch
+
     env = {"torch_version": torch.__version__, "mlflow_version": mlflow_module().__version__,
            "dvc_root": str(repo_root()), "host": socket.gethostname()}
     for var in ("DVC_STAGE", "DVC_EXP_BASELINE_REV"):

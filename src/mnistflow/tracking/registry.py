@@ -6,11 +6,12 @@ from __future__ import annotations
 import fcntl
 import logging
 from contextlib import contextmanager
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from mnistflow.tracking.store import client, errors, mlflow_module, sqlite_path
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def log_model_args(model: torch.nn.Module, mean: tuple[float, ...], std: tuple[f
     example = example.cpu().numpy()  # a batch of 2: torch.export fixes a size-1 batch dimension
     # Naming the requirements skips MLflow's inference of them, a fresh Python process that
     # imports torch again (seconds per model) and picks up unrelated imports such as tqdm.
+    import mlflow.pytorch  # noqa: F401  (the train stage alone logs a model)
+
     from mnistflow.tracking import serving
     return {"flavor": serving, "pytorch_model": serving.RawPixelClassifier(model, mean, std).eval(),
             "classes": classes, "input_example": example, "signature": serving.signature(example.shape),

@@ -13,15 +13,16 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mnistflow.tracking.provenance import file_md5, git_state, run_label
 from mnistflow.tracking.registry import log_model_args, model_name, name_candidate, promote
 from mnistflow.core.errors import MnistflowError, OutOfSpace, out_of_space
 from mnistflow.tracking.store import (client, errors, experiment_id, mlflow_module, sqlite_path, tracking_uri,
                                      unreachable)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ class TrackedRun:
         """The steps at which the run holds `key`: what a resumed run need not log again."""
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
-    def log_figure(self, fig, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
-
     def log_inputs(self, datasets: list, context: str) -> None:
         """Datasets (see `dataset`) as the run's inputs: training, validation or evaluation."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -76,6 +74,7 @@ class TrackedRun:
         # Model.log writes through MLflow's default client, into its current experiment: point both
         # at this run's (given only run_id, it would file the model under experiment 0).
         mlflow = mlflow_module()
+        import mlflow.models  # noqa: F401  (the train stage alone logs a model)
         mlflow.set_tracking_uri(self.client.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         info = mlflow.models.Model.log(artifact_path=None, name=name, registered_model_name=name,
@@ -93,8 +92,7 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     Runs that a `kill -9` left RUNNING are marked FAILED first."""
     from mlflow.entities import Param, RunStatus
 
-    exp_id = experiment_id(experiment)
-    fail_dead_runs([exp_id])
+    exp_id = experiment_id(experiment)  # the client, first made here, has reaped dead runs
     store = client()
     if run_id and _run_exists(store, run_id):
         store.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -161,29 +159,18 @@ def _run_exists(store, run_id: str) -> bool:
         return False
 
 
-def fail_dead_runs(exp_ids: list[str] | None = None) -> None:
-    """Mark FAILED the RUNNING runs (of these experiments, else of all) whose process on this
-    host is gone (killed with -9, or a torchrun worker that died with its agent); runs of live
-    processes (parallel `dvc queue` workers) and of other hosts are left alone."""
+def fail_dead_runs(store) -> None:
+    """Mark FAILED the RUNNING runs whose process on this host is gone (killed with -9, or a
+    torchrun worker that died with its agent); runs of live processes (parallel `dvc queue`
+    workers) and of other hosts are left alone."""
     host = socket.gethostname()
-    store = client()
-    if exp_ids is None:
-        exp_ids = [e.experiment_id for e in store.search_experiments()]
+    exp_ids = [e.experiment_id for e in store.search_experiments()]
     for run in (store.search_runs(exp_ids, "attributes.status = 'RUNNING'") if exp_ids else []):
         run_host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
         if run_host == host and pid.isdigit() and not _alive(int(pid)):
             store.set_terminated(run.info.run_id, "FAILED")
             log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked FAILED",
                         run.info.run_id, run.info.run_name)
-
-
-def reap_dead_runs() -> None:
-    """`fail_dead_runs` over the whole store, at the start of every `dvc repro` (check_params):
-    the killed stage may be one DVC then restores from its run-cache, which runs nothing.
-    A sqlite store that does not exist yet is not created for it."""
-    db = sqlite_path()
-    if db is None or db.exists():
-        fail_dead_runs()
 
 
 def _alive(pid: int) -> bool:
@@ -199,6 +186,8 @@ def _alive(pid: int) -> bool:
 def dataset(name: str, path: Path, images: torch.Tensor, labels: torch.Tensor):
     """A split as an MLflow dataset: its shape and size, its file, and DVC's md5 of that file
     as the digest (so runs on the same bytes show the same digest)."""
+    import mlflow.data  # noqa: F401  (imported here: the stages that log no dataset skip it)
+
     with warnings.catch_warnings():  # MLflow registers its local-file source class twice, and says so
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
         return mlflow_module().data.from_numpy(images.cpu().numpy(), targets=labels.cpu().numpy(), name=name,
@@ -214,6 +203,27 @@ def find_training_run(experiment: str, model: str, model_md5: str):
     runs = client().search_runs([exp.experiment_id], max_results=1, filter_string=f"tags.model_md5 = '{model_md5}'",
                                 order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
+
+
+def attach_figures(experiment: str, model: str, model_md5: str, figures: dict[str, Path]) -> str | None:
+    """The report's figures of one model's weights ({artifact name: file}), attached to the run
+    that trained them (found by the md5), each once: a run keeps the figures first drawn of it,
+    a report run holds every drawing. None when the store has no run of these weights."""
+    import shutil
+    import tempfile
+
+    run = find_training_run(experiment, model, model_md5)
+    if run is None:
+        return None
+    store = client()
+    present = {a.path for a in store.list_artifacts(run.info.run_id)}
+    missing = {name: path for name, path in figures.items() if name not in present}
+    if missing:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, path in missing.items():
+                shutil.copyfile(path, Path(tmp) / name)
+            store.log_artifacts(run.info.run_id, tmp)
+    return run.info.run_id
 
 
 def metric_history(run_id: str, key: str) -> list[float]:
@@ -236,18 +246,16 @@ def run_for_model(experiment: str, model: str, model_md5: str) -> str:
 
 
 def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict[str, dict],
-                   datasets: dict[str, object], figures: dict, per_class: dict) -> str:
+                   datasets: dict[str, object], per_class: dict) -> str:
     """Add evaluation to the model's run without reopening it: metrics per set, linked to the
-    set's dataset and to the logged model (so the Models tab compares by them), figures and
-    per-class accuracy; then move `champion` to this version when it is the best so far."""
+    set's dataset and to the logged model (so the Models tab compares by them), and per-class
+    accuracy; then move `champion` to this version when it is the best so far."""
     run = TrackedRun(client(), run_for_model(experiment, model, model_md5))
     outputs = run.client.get_run(run.run_id).outputs
     model_id = outputs.model_outputs[0].model_id if outputs and outputs.model_outputs else None
     run.log_inputs(list(datasets.values()), "evaluation")
     for set_name, values in metrics.items():
         run.log_metrics({f"{set_name}_{k}": v for k, v in values.items()}, model_id=model_id, dataset=datasets[set_name])
-    for name, fig in figures.items():
-        run.log_figure(fig, name)
     run.log_dict(per_class, "per_class_acc.json")
     if model_id is not None:
         promote(model_name(experiment, model), run.run_id, metrics["test"]["acc"])
@@ -264,7 +272,7 @@ def log_report(dataset_name: str, files: list[Path], tags: dict) -> str:
     """A run of its own for one drawing of the report (figures that span models and the page),
     so no finished run of a model is ever changed by a later pipeline run."""
     store = client()
-    run = store.create_run(experiment_id(reports_experiment(dataset_name), reports=True),
+    run = store.create_run(experiment_id(reports_experiment(dataset_name)),
                            run_name=run_label("report"), tags=tags)
     try:
         for path in files:

@@ -1,9 +1,11 @@
 """Where the MLflow store is, and the one client to it: the repo's sqlite store under mlruns/
-(repointed first when the repo moved) or a tracking server (asked first whether it lets us in);
-and the experiments, each created with its saved runs-table view.
+(repointed first when the repo moved) or a tracking server (asked first whether it lets us in),
+and runs a killed process left RUNNING marked FAILED; and the experiments. What the UI shows of
+them (layouts, saved views, links) is `ui`'s, written where a user asks for it, never here.
 
 MLflow is imported on first use (`mlflow_module`), not with this module: a stage that records
-nothing pays nothing, and telemetry is switched off before MLflow's import reads it."""
+nothing pays nothing, and telemetry is switched off before MLflow's import reads it. Its
+submodules (data, models, pytorch) are imported by the functions that use them."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 
 from mnistflow.core.io import repo_root
-from mnistflow.tracking import ui
 from mnistflow.tracking.relocate import relocate_store
 
 
@@ -24,9 +25,6 @@ def mlflow_module() -> ModuleType:
     import mlflow
     # It logs every database error with its SQL before raising it; the stage's one line says it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    import mlflow.data  # noqa: F401  (submodules the functions below use)
-    import mlflow.models  # noqa: F401
-    import mlflow.pytorch  # noqa: F401
     return mlflow
 
 
@@ -63,14 +61,20 @@ def client():
 @functools.cache
 def _connect(uri: str):
     """Once per store and process: look for a move (sqlite) or ask the server whether it lets
-    us in (http), then keep one client."""
+    us in (http), keep one client, and mark FAILED the runs killed processes left RUNNING. So
+    whatever next talks to the store (a stage, `mnistflow ui`, `make exps`) reaps them, also
+    after DVC restored the killed stage from its run-cache, which runs nothing of ours."""
+    from mnistflow.tracking.runs import fail_dead_runs
+
     db = sqlite_path()
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         relocate_store(db)
     else:
         check_server(uri)
-    return mlflow_module().MlflowClient(uri)
+    store = mlflow_module().MlflowClient(uri)
+    fail_dead_runs(store)
+    return store
 
 
 def check_server(uri: str | None = None, timeout: float = 10) -> None:
@@ -104,32 +108,16 @@ def check_server(uri: str | None = None, timeout: float = 10) -> None:
                              f"or unset MLFLOW_TRACKING_URI for the local store") from None
 
 
-def experiment_id(name: str, reports: bool = False) -> str:
+def experiment_id(name: str) -> str:
     """Get or create the experiment, with its artifacts in an absolute folder under mlruns/ (a
-    relative one would resolve inside DVC's temporary experiment copy and be lost) and its saved
-    view of the runs table (`ui`). `reports`: the experiment of report runs."""
+    relative one would resolve inside DVC's temporary experiment copy and be lost)."""
     store = client()
     exp = store.get_experiment_by_name(name)
-    if exp is None:
-        db = sqlite_path()
-        location = (db.parent / "artifacts").as_uri() if db else None  # a server decides for itself
-        try:
-            exp_id = store.create_experiment(name, artifact_location=location)
-        except errors():  # created meanwhile by a parallel stage
-            exp_id = store.get_experiment_by_name(name).experiment_id
-        exp = store.get_experiment(exp_id)
-    if exp.tags.get("mlflow.experimentKind") != "custom_model_development":  # what UIs before 3.17 read
-        store.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
-    if reports:
-        ui.set_view(store, exp, ui.REPORTS, "mnistflow: report runs", ui.REPORTS_STATE)
-    else:
-        ui.set_view(store, exp, ui.HEADLINE, "mnistflow: headline metrics", ui.headline_state())
-    return exp.experiment_id
-
-
-def weights_url(experiment: str, model_md5: str) -> str:
-    """A link to the runs that made these weights: a view of their own, the filter inside."""
-    exp = client().get_experiment(experiment_id(experiment))
-    ui.set_view(client(), exp, ui.weights_view(model_md5), f"mnistflow: runs with weights {model_md5[:8]}",
-                ui.headline_state(search=f"tags.model_md5 = '{model_md5}'"))
-    return ui.runs_url(exp.experiment_id, ui.weights_view(model_md5))
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path()
+    location = (db.parent / "artifacts").as_uri() if db else None  # a server decides for itself
+    try:
+        return store.create_experiment(name, artifact_location=location)
+    except errors():  # created meanwhile by a parallel stage
+        return store.get_experiment_by_name(name).experiment_id

@@ -1,5 +1,7 @@
-"""What a user sees of the project's runs in MLflow 3.17's UI: the saved views of the runs table,
-and the links that open them.
+"""What a user sees of the project's runs in MLflow 3.17's UI: the experiments' layout, the saved
+views of the runs table, and the links that open them. Written where a user asks for them
+(`mnistflow ui` and `links`, the visualize stage), never by a stage whose outputs they could
+change: no DVC output holds an experiment id, a host or a port.
 
 The UI takes its layout from `workflowType` in the URL, else from the browser's last choice
 (GenAI until the user picks "Model training" once); no experiment tag or server setting changes
@@ -15,6 +17,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
+
+from mnistflow.core.io import write_bytes
 
 VIEW_PREFIX = "mlflow.sharedViewState."
 TRAINING_LAYOUT = "workflowType=machine_learning"
@@ -23,6 +28,7 @@ REPORTS = "mnistflow-reports"  # the report runs
 # The params that tell runs apart, and the tags that say what made them.
 HEADLINE_PARAMS = ["model", "optimizer", "lr", "epochs", "batch_size", "shift"]
 HEADLINE_TAGS = ["dvc_exp_name", "baseline", "model_md5"]
+LINKS_FILE = "mlflow-links.js"  # beside the report page: its MLflow links for this store and UI (not in DVC)
 HOME_PAGE_HINT = ("From MLflow's home page an experiment opens in the GenAI layout (traces, no data): pick 'Model "
                   "training' at the top left once (the browser keeps it), then Views -> 'mnistflow: headline metrics'.")
 
@@ -69,6 +75,42 @@ def headline_state(search: str = "") -> dict:
 
 REPORTS_STATE = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
                  "selectedColumns": ["tags.`models`", "tags.`dvc_exp_name`", "tags.`baseline`"]}
+
+
+def install(client, name: str) -> str | None:
+    """The model-training layout and the saved view of experiment `name` (a `-reports` one: the
+    report runs' view); returns its id, None when the store has no such experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    if exp.tags.get("mlflow.experimentKind") != "custom_model_development":  # what UIs before 3.17 read
+        client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    if name.endswith("-reports"):
+        set_view(client, exp, REPORTS, "mnistflow: report runs", REPORTS_STATE)
+    else:
+        set_view(client, exp, HEADLINE, "mnistflow: headline metrics", headline_state())
+    return exp.experiment_id
+
+
+def install_weights_view(client, name: str, model_md5: str) -> None:
+    """The view of the runs that made these weights (the report page links it), where the store
+    has the experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return
+    set_view(client, exp, weights_view(model_md5),
+             f"mnistflow: runs with weights {model_md5[:8]}", headline_state(search=f"tags.model_md5 = '{model_md5}'"))
+
+
+def write_links(client, page_dir: Path) -> Path:
+    """The report page's links, resolved for this store and this UI address: for each
+    experiment, the start of a link to one of its views (the page adds the view's key). The page
+    loads it as a script (file:// pages may load scripts, not read JSON), so its own bytes name
+    no store."""
+    prefixes = {e.name: runs_url(e.experiment_id, "") for e in client.search_experiments() if e.name != "Default"}
+    path = Path(page_dir) / LINKS_FILE
+    write_bytes(path, f"window.mnistflowLinks = {json.dumps(prefixes, sort_keys=True)};\n".encode())
+    return path
 
 
 def set_view(client, exp, key: str, name: str, state: dict) -> None:

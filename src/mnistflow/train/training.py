@@ -27,7 +27,6 @@ from mnistflow.models.inference import Normalizer, predict
 from mnistflow.core.io import load_torch, save_torch, write_csv, write_json
 from mnistflow.models import create_model
 from mnistflow.train.optim import build_optimizer, build_scheduler, step_scheduler
-from mnistflow.report.plots import loss_curve
 from mnistflow.data.splits import Split, load_split, read_classes, read_stats
 from mnistflow.data.transforms import random_shift
 
@@ -164,8 +163,10 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     """The train stage for one model: fit, write its outputs, record it all in MLflow."""
     device = select_device(cfg.device)
     world = distributed.start(device)
+    if world.main:  # a tracking server that does not answer or refuses us: one line, before any work
+        tracking.client()
     configure(cfg.numerics.mode, cfg.numerics.threads, world.size)
-    set_determinism(cfg.seed, cfg.train.deterministic)
+    set_determinism(cfg.seed, cfg.train.deterministic, device)
     data_dir = Path(data_dir)
     dataset, shape, classes = cfg.data.dataset, cfg.data.image_shape, read_classes(data_dir)
     train = load_split(data_dir / "train.pt", shape, len(classes)).to(device)
@@ -206,7 +207,6 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
         write_csv(history_path, [r.row() for r in history])
         run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3)})
-        run.log_figure(loss_curve(history, f"{name} on {dataset}"), "loss_curve.png")
         run.log_params_file(Path("params.yaml"))
         # Two real held-out images as the served model's input example (train must not read test).
         run.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
