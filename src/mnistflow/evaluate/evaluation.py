@@ -4,6 +4,7 @@ it loads torchvision and scipy) is imported here alone, so the evaluate stage al
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -111,7 +112,9 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
     for set_name, path in sets.items():
         split = load_split(path, shape, len(classes)).to(device)
         datasets[set_name] = tracking.dataset(f"{cfg.data.dataset}-{set_name}", path, split.images, split.labels)
+        start = time.perf_counter()
         metrics, preds, set_bins = evaluate_split(model, split, norm, classes)
+        seconds = time.perf_counter() - start
         del metrics["confusion"]  # the CSV below holds every prediction; visualize draws it
         report[set_name] = metrics
         bins += [{"set": set_name, **row} for row in set_bins]
@@ -119,8 +122,8 @@ def evaluate_model(cfg: Config, name: str, weights: Path, data_dir: Path, metric
         write_csv(Path(confusion_dir) / f"confusion_{set_name}.csv",
                   [{"actual": classes[a], "predicted": classes[p], "actual_index": a, "predicted_index": p}
                    for a, p in zip(split.labels.tolist(), preds.tolist())])
-        log.info("%s on %s: acc %.4f macro_f1 %.4f ece %.4f loss %.4f", name, set_name,
-                 metrics["acc"], metrics["macro_f1"], metrics["ece"], metrics["loss"])
+        log.info("%s on %s: acc %.4f macro_f1 %.4f ece %.4f loss %.4f (%.2fs)", name, set_name,
+                 metrics["acc"], metrics["macro_f1"], metrics["ece"], metrics["loss"], seconds)
     # Per-class accuracy beside the metrics, not in them: dvc metrics show stays a models x sets table.
     per_class = {s: m.pop("per_class_acc") for s, m in report.items()}
     write_json(per_class_path, per_class)

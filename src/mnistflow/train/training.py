@@ -125,6 +125,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
         distributed.all_sum(correct, world)
         seconds = time.perf_counter() - start
         val_loss, val_acc = evaluate_loss_acc(model, val, norm, amp)
+        val_seconds = time.perf_counter() - start - seconds
         step_scheduler(scheduler, val_loss)
         result = EpochResult(
             epoch=epoch,
@@ -143,8 +144,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
         on_epoch(result)
         # Last: once this line is out, the epoch is saved and logged (the fault tests wait on it).
         log.info("%s epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f "
-                 "lr %.3g %.1fs (%.0f img/s)", name, epoch, cfg.epochs, result.train_loss, result.train_acc,
-                 result.val_loss, result.val_acc, lr, seconds, result.images_per_second)
+                 "lr %.3g %.2fs (%.0f img/s), validation %.2fs", name, epoch, cfg.epochs, result.train_loss,
+                 result.train_acc, result.val_loss, result.val_acc, lr, seconds, result.images_per_second, val_seconds)
     return history
 
 
