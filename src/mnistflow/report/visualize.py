@@ -42,10 +42,9 @@ def parameter_count(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() for v in state.values() if v.is_floating_point())
 
 
-def weights_figure(state: dict[str, torch.Tensor], name: str, shape: tuple[int, int, int]):
-    """What the first layer learned: the conv1 filters, or fc1 rows as images (MLP); in colour
-    where the images have three channels."""
-    w, _ = first_layer(state)
+def weights_figure(w: torch.Tensor, name: str, shape: tuple[int, int, int]):
+    """What the first layer (its weight `w`) learned: the conv1 filters, or fc1 rows as images
+    (MLP); in colour where the images have three channels."""
     if w.dim() == 4:
         images, what = w, "conv1 filters"
     else:
@@ -55,8 +54,7 @@ def weights_figure(state: dict[str, torch.Tensor], name: str, shape: tuple[int, 
 
 
 @torch.inference_mode()
-def feature_maps_figure(state: dict[str, torch.Tensor], image: torch.Tensor, norm: Normalizer, name: str):
-    w, b = first_layer(state)
+def feature_maps_figure(w: torch.Tensor, b: torch.Tensor | None, image: torch.Tensor, norm: Normalizer, name: str):
     # channels-last weights: computed as the evaluate stage computes the layer
     output = F.conv2d(norm(image[None].cpu()), w.contiguous(memory_format=torch.channels_last), b)[0, 0]
     pooled = F.max_pool2d(output.relu()[None], 2)[0]
@@ -119,6 +117,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     per_model, facts = {}, {}
     for name in cfg.train.models:
         state = load_torch(models_dir / f"{name}.pt")
+        w, b = first_layer(state)
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
         predicted = read_csv(eval_dir / name / "confusion_test.csv")
         figs = {
@@ -130,10 +129,10 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
                 read_reliability(eval_dir / f"{name}.reliability.csv"), {s: r["ece"] for s, r in evals[name].items()},
                 f"{name}: reliability"),
             f"mistakes_{name}.png": mistakes_figure(predicted, test.images, name),
-            f"weights_{name}.png": weights_figure(state, name, shape),
+            f"weights_{name}.png": weights_figure(w, name, shape),
         }
-        if first_layer(state)[0].dim() == 4:
-            figs[f"feature_maps_{name}.png"] = feature_maps_figure(state, test.images[0], norm, name)
+        if w.dim() == 4:  # a conv net
+            figs[f"feature_maps_{name}.png"] = feature_maps_figure(w, b, test.images[0], norm, name)
         per_model[name] = figs
         facts[name] = {
             "params": parameter_count(state),
