@@ -98,6 +98,13 @@ def new_project(dest: Path, mirror: Path) -> Path:
     return dest
 
 
+def commit(project: Path, message: str) -> None:
+    """Commit whatever the workspace holds, also nothing: tests run in any order, and an earlier
+    one may have committed already."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], project, pipeline_env())
+
+
 def add_make(project: Path) -> Path:
     """Let `make TARGET` run in a test project as in a clone: its Makefile over this checkout's
     set-up (venv, offline plots page)."""

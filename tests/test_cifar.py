@@ -53,6 +53,16 @@ def test_every_stage_follows_the_datasets_shape(project):
     assert all("test_acc" in r.data.metrics for r in runs.values())
 
 
+def test_dvc_plots_draw_the_models_of_train_models_and_no_missing_file(project):
+    """train.models is seq_cnn and mlp here, not the default three: DVC's plots follow it."""
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    assert not plots.get("errors"), plots["errors"]
+    loss = plots["data"]["Validation loss"][0]["content"]["data"]["values"]
+    assert {row["model"] for row in loss} == set(MODELS)
+    matrices = {path for path in plots["data"] if path.startswith("reports/confusion/")}
+    assert matrices == {f"reports/confusion/{m}/confusion_{s}.csv" for m in MODELS for s in ("test", "crop22", "crop18")}
+
+
 def colour_fraction(png) -> float:
     """The share of pixels whose channels differ by more than a tint: 0 for a grey figure."""
     rgb = matplotlib.image.imread(png)[..., :3]

@@ -46,3 +46,12 @@ def test_each_command_answers_help_without_work():
     for command in sorted(EXPECTED - {"bench"}):  # bench's help is the benchmark script's own
         out = mnistflow(command, "--help")
         assert out.returncode == 0 and out.stdout.startswith(f"usage: mnistflow {command}"), (command, out.stderr)
+
+
+def test_server_start_names_the_password_where_it_is():
+    from mnistflow.tools.server import how_to_use
+
+    from_env = how_to_use("http://127.0.0.1:5050", Path(".server"), password_from_env=True)
+    assert 'MLFLOW_TRACKING_PASSWORD="$MNISTFLOW_ADMIN_PASSWORD"' in from_env and "cat" not in from_env
+    generated = how_to_use("http://127.0.0.1:5050", Path(".server"), password_from_env=False)
+    assert 'MLFLOW_TRACKING_PASSWORD="$(cat .server/admin-password)"' in generated

@@ -12,24 +12,22 @@ from mnistflow.tools import dag
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def committed_chart() -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--mermaid"], cwd=ROOT, capture_output=True,
+def committed(fmt: str = "mermaid") -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", f"--{fmt}"], cwd=ROOT, capture_output=True,
                           text=True, check=True)
     return proc.stdout.strip()
 
 
 def test_docs_pipeline_chart_is_what_dvc_draws_for_the_committed_pipeline():
-    chart = committed_chart()
     page = (ROOT / "docs" / "pipeline.md").read_text()
     shown = re.search(r"```mermaid\n(.*?)\n```", page, re.S).group(1).strip()
-    assert shown == chart
-    assert dag.table(dag.edges(chart)) in page  # and the table beside it
+    assert shown == committed("mermaid")
+    assert dag.table(dag.edges(committed("dot"))) in page  # and the table beside it
 
 
 def test_the_table_fits_100_columns_and_keeps_every_edge():
-    chart = committed_chart()
-    after = dag.edges(chart)
-    assert after["evaluate@cnn"] == {"preprocess", "train@cnn"}  # read from DVC's chart, not assumed
+    after = dag.edges(committed("dot"))
+    assert after["evaluate@cnn"] == {"preprocess", "train@cnn"}  # read from DVC's graph, not assumed
     text = dag.table(after)
     assert max(map(len, text.splitlines())) <= 100
     rows = dict(line.split(None, 1) for line in text.splitlines()[1:-1])
@@ -44,5 +42,5 @@ def test_the_table_fits_100_columns_and_keeps_every_edge():
 
 
 def test_a_stage_without_foreach_items_has_no_model_line():
-    chart = 'flowchart TD\n\tnode1["a"]\n\tnode2["b"]\n\tnode1-->node2'
-    assert dag.table(dag.edges(chart)).splitlines() == ["stage  runs after", "a      -", "b      a"]
+    dot = 'strict digraph {\n"a";\n"b";\n"a" -> "b";\n}'
+    assert dag.table(dag.edges(dot)).splitlines() == ["stage  runs after", "a      -", "b      a"]

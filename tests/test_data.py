@@ -15,8 +15,8 @@ from mnistflow.data.datasets import CIFAR_FILES, DATASETS, IDX_FILES
 from mnistflow.data.download import fetch, raw_folder
 from mnistflow.core.errors import ConfigError, DataError
 from mnistflow.data.preprocess import preprocess, read_raw, split_train_val
-from mnistflow.data.splits import Split, load_split, save_split
-from mnistflow.data.transforms import make_variant, random_shift
+from mnistflow.data.splits import Split, load_split, pixel_stats, save_split
+from mnistflow.data.transforms import crop_windows, make_variant, random_shift
 
 MNIST = DATASETS["mnist"]
 CIFAR = DATASETS["cifar10"]
@@ -82,8 +82,22 @@ def test_splits_are_seeded_disjoint_and_complete():
     assert len(train) == 80 and len(val) == 20 and not ids(train) & ids(val)
     assert ids(train) | ids(val) == set(range(100))
     assert torch.equal(train.images, again.images) and not torch.equal(train.images, other.images)
-    with pytest.raises(ConfigError, match="data.val_size: 100 must be smaller than the 100 training images"):
-        split_train_val(full, 100, seed=1)
+
+
+@pytest.mark.parametrize("val_size, n_train, held_out", [(5000, 60000, 5000), (0.08333, 60000, 5000), (0.2, 121, 24),
+                                                         (0.5, 3, 2), (1, 2, 1)])
+def test_val_size_is_a_count_or_a_share_of_the_training_images(val_size, n_train, held_out):
+    assert data_config("mnist", val_size).val_count(n_train) == held_out
+
+
+@pytest.mark.parametrize("val_size, n_train, message", [
+    (100, 100, "data.val_size: 100 must be smaller than the 100 training images"),
+    (0.01, 40, "data.val_size: 0.01 of the 40 training images is 0: it must hold out at least 1"),
+    (0.99, 40, "data.val_size: 0.99 of the 40 training images is 40: .* leave at least 1 to train on"),
+])
+def test_a_val_size_that_leaves_nothing_is_refused_naming_it(val_size, n_train, message):
+    with pytest.raises(ConfigError, match=message):
+        data_config("mnist", val_size).val_count(n_train)
 
 
 def test_crop_variant_is_a_resized_window_and_deterministic():
@@ -93,6 +107,23 @@ def test_crop_variant_is_a_resized_window_and_deterministic():
     assert torch.equal(a.images, make_variant(test, "crop22", VariantConfig(crop=22), seed=0).images)
     assert not torch.equal(a.images, make_variant(test, "other", VariantConfig(crop=22), seed=0).images)
     assert torch.equal(make_variant(test, "full", VariantConfig(crop=28), seed=0).images, test.images)
+
+
+def test_each_window_is_the_slice_cut_by_hand():
+    images = torch.arange(3 * 2 * 6 * 7, dtype=torch.int64).reshape(3, 2, 6, 7)  # every pixel told apart
+    tops, lefts = torch.tensor([0, 2, 1]), torch.tensor([3, 0, 1])
+    windows = crop_windows(images, tops, lefts, (4, 3)).numpy()
+    by_hand = np.stack([images.numpy()[i, :, t:t + 4, l:l + 3] for i, (t, l) in enumerate([(0, 3), (2, 0), (1, 1)])])
+    np.testing.assert_array_equal(windows, by_hand)
+
+
+def test_pixel_stats_are_each_channels_mean_and_sample_std_of_the_0_to_1_pixels():
+    images = np.random.default_rng(0).integers(0, 256, (40, 3, 5, 4), dtype=np.uint8)
+    stats = pixel_stats(Split(torch.from_numpy(images), torch.zeros(40, dtype=torch.int64)))
+    x = images.astype(np.float64) / 255
+    np.testing.assert_allclose(stats["mean"], x.mean(axis=(0, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(stats["std"], x.std(axis=(0, 2, 3), ddof=1), atol=1e-6)
+    assert stats["mean"][0] != stats["mean"][1]  # the channels are not mixed
 
 
 def test_random_shift_moves_content_without_changing_it():

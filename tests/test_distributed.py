@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import make_project, pipeline_env, run, runs_of, set_params
+from conftest import ROOT, make_project, pipeline_env, run, runs_of, set_params
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +70,36 @@ def test_a_diverging_loss_stops_every_process(tmp_path, template):
     assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr
     (failed,) = runs_of(project)
     assert failed.info.status == "FAILED" and not (project / "models/mlp.pt").exists()
+
+
+WORKER = """
+import os, sys, torch, torch.distributed as dist
+from mnistflow.core.errors import MnistflowError
+from mnistflow.train.distributed import World, peers_or_stop
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+try:
+    with peers_or_stop(World(rank, 2)):
+        for step in range(50):
+            if sys.argv[1] == "kill" and rank == 1 and step == 3:
+                os._exit(1)  # a peer gone mid-training
+            if sys.argv[1] == "bug" and step == 3:
+                raise RuntimeError("a bug whose message names gloo")  # every peer still there
+            dist.all_reduce(torch.ones(100))
+except MnistflowError as exc:
+    print(f"rank {rank}: ours: {exc}", flush=True)
+except RuntimeError as exc:
+    print(f"rank {rank}: raised: {exc}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["kill", "bug"])
+def test_a_peer_gone_is_told_from_an_error_by_asking_the_peers_not_by_reading_the_message(tmp_path, case):
+    (tmp_path / "worker.py").write_text(WORKER)
+    out = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "worker.py", case],
+              tmp_path, {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}, check=False, timeout=120).stdout
+    lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
+    if case == "kill":
+        assert lines == [lines[0]] and lines[0].startswith("rank 0: ours: training process 0 of 2: another one is gone")
+    else:
+        assert lines == [f"rank {r}: raised: a bug whose message names gloo" for r in (0, 1)]

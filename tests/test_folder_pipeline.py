@@ -6,6 +6,8 @@ follows, and nothing else."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def check_class_names_everywhere(project: Path, tmp_path: Path, test_size: int) 
     assert stats["classes"] == CLASSES and stats["dataset"] == "folder" and stats["sizes"]["test"] == test_size
     assert json.loads((project / "reports/eval/mlp.per_class.json").read_text())["test"].keys() == set(CLASSES)
     assert (project / "reports/eval/mlp.json").exists()
-    confusion = (project / "reports/eval/mlp/confusion_test.csv").read_text().splitlines()
+    confusion = (project / "reports/confusion/mlp/confusion_test.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in confusion[1:]} == set(CLASSES)
     page = (project / "reports/index.html").read_text()
     assert all(f">{name}<" in page for name in CLASSES), "the report's per-class table names the classes"
@@ -85,3 +87,20 @@ def test_a_folder_with_train_and_test_through_every_stage(tmp_path, template):
     project = folder_project(tmp_path, template, split=True)
     dvc(project, "repro")
     check_class_names_everywhere(project, tmp_path, test_size=45)  # a quarter of each class's 60
+
+
+def test_the_readmes_command_for_your_images_runs_as_written_on_a_small_folder(tmp_path, template):
+    """The README's `dvc exp run` for your own images, word for word but the path, on a folder of
+    three classes and 150 images (far below Fashion-MNIST's 60,000: data.val_size is a share)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (command,) = {m for m in re.findall(r"`(dvc exp run -S data\.dataset=folder [^`]+)`", readme)}
+    images = write_image_folder(tmp_path / "my-images", classes=("owl", "dog", "cat"), per_class=50, split=False)
+    project = make_project(tmp_path / "project", template)
+    set_params(project, "data.mirror", None)  # as params.yaml has it (the template reads a tiny MNIST mirror)
+    run(["git", "commit", "-qam", "no mirror"], project, pipeline_env())
+    args = [images.as_posix() if a == "data.path=/abs/path" else a.strip("'") for a in shlex.split(command)[1:]]
+    assert str(images) in " ".join(args)  # the README names its placeholder as this test expects
+    ran = stages_run(run([sys.executable, "-m", "dvc", *args], project, pipeline_env()).stdout)
+    assert ran[:3] == ["check_params", "download", "preprocess"] and "train@mlp" in ran
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project, pipeline_env()).stdout
+    assert '"dataset": "folder"' in shown.replace("'", '"')

@@ -38,5 +38,18 @@ def test_a_full_disk_is_found_anywhere_in_the_chain():
             raise RuntimeError("API call failed") from inner
     except RuntimeError as exc:
         assert out_of_space(exc) == "writing models/mlp.pt"
-    assert out_of_space(RuntimeError("(sqlite3.OperationalError) database or disk is full")).startswith("writing an SQLite")
+    # SQLite's own error code, from a real database held to one more page than it has.
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x BLOB)")
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    try:
+        raise RuntimeError("MLflow: API request failed") from full.value
+    except RuntimeError as exc:
+        assert out_of_space(exc).startswith("writing an SQLite")
+    assert out_of_space(RuntimeError("database or disk is full")) is None  # the text alone proves nothing
     assert out_of_space(OSError(errno.EACCES, "Permission denied")) is None

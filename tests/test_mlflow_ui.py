@@ -87,7 +87,7 @@ def test_make_serve_answers_raw_test_images_with_class_names(project):
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-4
         assert row["probability"] == max(row["probabilities"].values())
     # The same classes as the evaluate stage predicted for these images.
-    rows = (project / "reports/eval/cnn/confusion_test.csv").read_text().splitlines()[1:21]
+    rows = (project / "reports/confusion/cnn/confusion_test.csv").read_text().splitlines()[1:21]
     assert [row["class"] for row in answer] == [r.split(",")[1] for r in rows]
     assert [r.split(",")[0] for r in rows] == [classes[i] for i in labels]
 
@@ -127,7 +127,10 @@ def assert_training_layout_with_the_view(page) -> None:
 def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_filled(project, ui, browser, screenshots):
     base, log = ui
     links = printed_links(log)
-    assert set(links) == {"mnist", "mnist charts", "mnist-reports"}
+    assert list(links) == ["mnist", "mnist charts", "mnist-reports"]  # the runs table first
+    said = log.read_text().splitlines()
+    for label in links:  # each link with a line that says what it is
+        assert said[said.index(next(line for line in said if line.startswith(f"{label}: "))) + 1].startswith("  the ")
     assert HOME_PAGE_HINT in log.read_text()  # what to click from MLflow's home page
     client = store(project)
     exp = client.get_experiment_by_name("mnist")
@@ -162,7 +165,7 @@ def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_fille
     page.close()
 
 
-def test_each_report_page_link_opens_the_runs_that_made_those_weights(project, ui, browser):
+def test_each_report_page_link_opens_the_run_that_trained_those_weights(project, ui, browser):
     base, _ = ui
     # The page as a user opens it after `make ui` (which points its links at this store and UI).
     report = browser.new_page()
@@ -173,17 +176,37 @@ def test_each_report_page_link_opens_the_runs_that_made_those_weights(project, u
     assert sorted(links) == sorted(MODELS)
     client = store(project)
     exp = client.get_experiment_by_name("mnist")
+    # No saved view per set of weights: the Views menu holds the project's own view alone.
+    assert [k for k in exp.tags if k.startswith("mlflow.sharedViewState.")] == ["mlflow.sharedViewState.mnistflow"]
     for model, link in links.items():
         md5 = file_md5(project / f"models/{model}.pt")  # the weights the page shows
-        made = client.search_runs([exp.experiment_id], f"tags.model_md5 = '{md5}'")
-        page = browser.new_page(viewport={"width": 2400, "height": 900})  # a new page: a link from outside the UI
-        assert link.startswith(base)  # where `make ui` serves
-        shots.open_runs(page, link)
-        assert_training_layout_with_the_view(page)
-        rows = shots.grid(page)
-        assert sorted(r["attributes.`Run Name`"] for r in rows) == sorted(r.info.run_name for r in made), model
-        assert all(r["metrics.`test_acc`"] not in ("", "-") and r["params.`lr`"] not in ("", "-") for r in rows)
+        trained = [r for r in client.search_runs([exp.experiment_id], f"tags.model_md5 = '{md5}'")
+                   if "evaluation_only" not in r.data.tags]
+        newest = max(trained, key=lambda r: r.info.start_time)
+        assert link == f"{base}/#/experiments/{exp.experiment_id}/runs/{newest.info.run_id}?workflowType=machine_learning"
+        page = browser.new_page(viewport={"width": 1600, "height": 900})  # a new page: a link from outside the UI
+        page.goto(link)
+        for text in (newest.info.run_name, "test_acc"):  # the run's page: its name, its metrics with evaluation's
+            page.wait_for_function("text => document.body.innerText.includes(text)", arg=text, timeout=60_000)
+        nav = page.inner_text("aside")
+        assert "Model registry" in nav and "Judges" not in nav, nav  # the model-training layout
         page.close()
+
+
+def test_the_report_runs_of_dvc_experiments_name_them(project):
+    client = store(project)
+    reports = client.search_runs([client.get_experiment_by_name("mnist-reports").experiment_id])
+    assert {r.data.tags.get("dvc_exp_name") for r in reports} >= set(EXPERIMENTS)  # the reports view's column
+
+
+def test_every_run_has_a_colour_of_its_own_in_the_charts(project, ui):
+    """MLflow's UI picks a run's colour from its id, and two of three runs often share one: `make
+    ui` gives each run that has none the next of ten colours, by start time."""
+    client = store(project)
+    exp = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    colours = [r.data.tags.get("mlflow.runColor") for r in runs]
+    assert all(colours) and len(set(colours[:10])) == min(10, len(runs)), colours
 
 
 def test_two_dvc_experiments_on_one_model_are_told_apart_in_the_runs_table(project, ui, browser, screenshots):
@@ -245,8 +268,8 @@ def test_dvc_plots_show_draws_offline_one_colour_per_model(project, browser, scr
     (loss,) = [c for c in charts if c["title"] == "Validation loss"]
     assert sorted(loss["legend"]) == sorted(["mlp", "cnn", "lenet", "workspace"])  # models, then the revision
     assert sorted(loss["axes"]) == ["cross-entropy loss", "epoch"] and loss["lines"] == 3
-    confusion = [c for c in charts if "mlp: actual class (rows)" in c["title"]]
-    assert confusion, [c["title"] for c in charts]  # titled by model; one matrix per set, rows actual
+    confusion = [c for c in charts if "mlp · test" in c["title"] and "actual class (rows)" in c["title"]]
+    assert confusion, [c["title"] for c in charts]  # one matrix per model and set, rows actual
     assert {"actual", "predicted"} <= set(confusion[0]["axes"])
     assert [str(d) for d in range(10)] in confusion[0]["labels"]  # mnist's classes in their order, not as met
     assert [url for url in requested if not url.startswith("file:")] == []

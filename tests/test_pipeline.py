@@ -15,7 +15,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, SECRET, make_project, pending, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import ROOT, SECRET, commit, make_project, pending, pipeline_env, run, runs_of, set_params, stages_run
 from mnistflow.tracking import file_md5
 from mnistflow.tracking.ui import ui_url
 
@@ -241,12 +241,14 @@ def test_evaluation_outputs_and_figures(project):
         per_class = json.loads((project / f"reports/eval/{model}.per_class.json").read_text())
         assert list(per_class["test"]) == [str(d) for d in range(10)]
         for set_name in report:
-            header, *rows = (project / f"reports/eval/{model}/confusion_{set_name}.csv").read_text().splitlines()
+            header, *rows = (project / f"reports/confusion/{model}/confusion_{set_name}.csv").read_text().splitlines()
             assert header == "actual,predicted,actual_index,predicted_index" and len(rows) == 200
     assert json.loads((project / "reports/eval/mlp.json").read_text())["test"] > 0.5
     figures = {"samples.png", "loss_curves.png", "robustness.png"} | {
         f"{kind}_{m}.png" for m in MODELS for kind in ("loss_curve", "confusion", "reliability", "weights", "mistakes")} | {
         "feature_maps_cnn.png", "feature_maps_lenet.png"}
+    if json.loads((project / "reports/optimizers.json").read_text()).get("dataset") == "mnist":
+        figures.add("optimizers.png")  # the optimizer comparison (test-slow) ran first on this project
     assert {p.name for p in (project / "reports/figures").iterdir()} == figures
     for name in figures:
         data = (project / "reports/figures" / name).read_bytes()
@@ -257,7 +259,7 @@ def test_evaluation_outputs_and_figures(project):
     assert "-" not in " ".join(table[1:]).split()  # no padding: every model has every set
     plots = json.loads(dvc(project, "plots", "show", "--json").stdout)
     assert not plots.get("errors")
-    assert "Validation loss" in plots["data"] and "reports/eval/cnn/confusion_test.csv" in plots["data"]
+    assert "Validation loss" in plots["data"] and "reports/confusion/cnn/confusion_test.csv" in plots["data"]
 
 
 def test_each_run_holds_training_and_evaluation_and_the_report_has_a_run_of_its_own(project):
@@ -348,12 +350,16 @@ window.addEventListener("load", () => {
         for what in ("parameters", "val acc", "test acc", "test ECE", "weights (md5)", "MLflow run"):
             assert what in facts, (model, what)
     # The links, resolved as the page opens from the links file visualize wrote beside it: the
-    # experiment's runs table, then each model's runs, found by its weights' md5 (a view of its own).
+    # experiment's runs table, then for each model the run that trained its weights (by their md5).
     assert result["unresolved"] is True  # the "links open once make ui ran" note is hidden
-    experiment = client_for(project).get_experiment_by_name("mnist").experiment_id
-    runs_table = f"{ui_url()}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey="
-    views = ["mnistflow", *(f"weights-{file_md5(project / f'models/{m}.pt')[:12]}" for m in MODELS)]
-    assert result["links"] == [runs_table + view for view in views]
+    client = client_for(project)
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    trained = [next(r.info.run_id for r in client.search_runs(
+        [experiment], f"tags.model_md5 = '{file_md5(project / f'models/{m}.pt')}'", order_by=["attributes.start_time DESC"])
+        if "evaluation_only" not in r.data.tags) for m in MODELS]
+    assert result["links"] == [
+        f"{ui_url()}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey=mnistflow",
+        *(f"{ui_url()}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning" for run_id in trained)]
 
 
 def test_the_report_page_is_the_same_bytes_against_another_store_and_ui_port(project, template, tmp_path):
@@ -415,8 +421,7 @@ def test_dvc_exp_run_temp_lands_in_the_same_store_and_fast_numerics_say_so(proje
     """One experiment (lenet alone, another lr, fast numerics) in DVC's temporary copy: its run
     lands in the workspace's store, named by the experiment, and records what computed it."""
     project, _ = project
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "cnn lr 0.01"], project, pipeline_env())
+    commit(project, "cnn lr 0.01")
     before = len(runs_of(project))
     dvc(project, "exp", "run", "--temp", "-S", "train.lenet.lr=0.002", "-S", "numerics.mode=fast",
         "-S", "train.models=[lenet]", "-n", "lenet-fast")
@@ -503,8 +508,7 @@ def test_compare_optimizers_lands_five_queued_experiments_and_draws_them(project
     """`make compare-optimizers`: five experiments through `dvc queue` on two workers, all land
     complete in DVC and MLflow, and their curves reach the report page."""
     project, _ = project
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "before the comparison"], project, pipeline_env())
+    commit(project, "before the comparison")
     out = run([sys.executable, "-m", "mnistflow.tools.compare", "--model", "mlp", "--jobs", "2"], project,
               {**pipeline_env(), "PYTHONPATH": str(project / "src")}, check=False, timeout=900)
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))

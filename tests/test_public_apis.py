@@ -1,6 +1,10 @@
 """The code uses MLflow's and DVC's public APIs only: no `_`-prefixed name of theirs is imported
-or reached as an attribute. (Where no API exists, moving a store, tracking/relocate.py edits
-MLflow's schema by SQL, and tests/test_tracking.py checks that schema.)"""
+or reached as an attribute, and every module and name imported from them is on an allow-list, so
+a new use of either library is a decision made here. Their internals live in one module each,
+held to a contract by a test: DVC's in tracking/dvc_internals.py (tests/test_dvc_internals.py);
+MLflow's UI-internal experiment tags in tracking/ui.py (tests/test_mlflow_ui.py reads them in the
+UI), and moving a store, where MLflow has no API, in tracking/relocate.py, whose SQL on MLflow's
+schema tests/test_tracking.py checks."""
 from __future__ import annotations
 
 import ast
@@ -52,3 +56,60 @@ def test_a_private_use_is_caught():
             "import mlflow._private\nx = dataset._to_mlflow_entity()\ny = self._mine\n")
     assert private_uses(ast.parse(code), own=set()) == [
         "from mlflow.pytorch import _load_pyfunc", "mlflow._private", "dataset._to_mlflow_entity"]
+
+
+# What any module may import from MLflow and DVC: (module, name), name None for `import module`.
+ALLOWED = {
+    ("mlflow", None), ("mlflow", "MlflowClient"), ("mlflow.data", None), ("mlflow.models", None), ("mlflow.exceptions", "MlflowException"),
+    ("mlflow.models", "ModelSignature"), ("mlflow.pytorch", None),
+    *(("mlflow.entities", n) for n in ("Dataset", "DatasetInput", "InputTag", "Metric", "Param", "RunStatus")),
+    *(("mlflow.types.schema", n) for n in ("ColSpec", "DataType", "Map", "Schema", "TensorSpec")),
+}
+# DVC's internals, in their one module only.
+INTERNALS = {"src/mnistflow/tracking/dvc_internals.py": {("dvc.repo", "Repo"), ("dvc.stage.serialize", "to_single_stage_lockfile")}}
+UI_INTERNAL_TAGS = ("mlflow.sharedViewState", "mlflow.experimentKind")
+
+
+def imports_of(tree: ast.AST) -> set[tuple[str, str | None]]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in {"mlflow", "dvc"}:
+            found |= {(node.module, a.name) for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {(a.name, None) for a in node.names if a.name.split(".")[0] in {"mlflow", "dvc"}}
+    return found
+
+
+def code_files():
+    return sorted(p for folder in ("src", "stages", "bench") for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_every_mlflow_and_dvc_import_is_on_the_allow_list_and_internals_stay_in_their_module():
+    unlisted = {}
+    for path in code_files():
+        name = str(path.relative_to(ROOT))
+        if extra := imports_of(ast.parse(path.read_text())) - ALLOWED - INTERNALS.get(name, set()):
+            unlisted[name] = sorted(extra, key=str)
+    assert unlisted == {}
+
+
+def test_mlflows_ui_internal_tags_are_written_from_one_module():
+    users = {str(p.relative_to(ROOT)) for p in code_files() if any(t in p.read_text() for t in UI_INTERNAL_TAGS)}
+    assert users == {"src/mnistflow/tracking/ui.py"}
+
+
+def test_an_unlisted_import_is_caught():
+    code = "from dvc.repo import Repo\nimport mlflow.pytorch\nfrom mlflow.tracking.fluent import active_run\n"
+    assert imports_of(ast.parse(code)) - ALLOWED == {("dvc.repo", "Repo"), ("mlflow.tracking.fluent", "active_run")}
+
+
+def test_no_deprecation_is_ignored_wholesale():
+    """pytest shows the deprecations that announce a library change; an ignored one names its
+    message and the module that warns."""
+    import tomllib
+
+    filters = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    for spec in filters:
+        action, message, category, module = (spec.split(":") + [""] * 4)[:4]
+        if action == "ignore" and "Deprecation" in category:
+            assert message and module, spec

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from conftest import add_make, free_port, make_project, pending, pipeline_env, run, stages_run
+from conftest import add_make, free_port, make_project, pending, pipeline_env, run, set_params, stages_run
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
@@ -177,6 +177,21 @@ def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(pushed
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
     assert "lacks torch" in out.stderr and "source .venv/bin/activate" in out.stderr
+
+
+def test_mnistflow_called_by_its_full_path_runs_stages_with_its_own_python(pushed, tmp_path):
+    """`.venv/bin/mnistflow bench` from a shell without the venv: DVC's stage commands call
+    `python`, which must be the venv's, not whatever PATH holds."""
+    first, _ = pushed
+    exe = Path(sys.executable).parent / "mnistflow"
+    if not exe.exists():
+        pytest.skip("mnistflow is not installed in this Python's environment (make venv installs it)")
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    set_params(copy, "train.mlp.lr", 0.02)  # check_params re-runs: DVC starts its `python`
+    out = run([str(exe), "bench", "--no-such-flag"], copy, {**pipeline_env(), "PATH": "/usr/bin:/bin"}, check=False)
+    assert "Running stage 'check_params'" in out.stdout and "lacks torch" not in out.stderr, out.stdout + out.stderr
+    assert "bench/train_speed.py --no-such-flag failed" in out.stderr  # after `dvc repro preprocess` passed
 
 
 def test_make_exps_answers_which_params_gave_which_accuracy_at_120_columns_and_in_a_pipe(pushed):

@@ -110,3 +110,42 @@ def test_eight_queued_experiments_land_complete_on_the_server(server, tmp_path):
     (result,) = json.loads((tmp_path / "load.json").read_text())
     assert result["problems"] == [] and out.returncode == 0, out.stdout + out.stderr
     assert result["complete"] == 8 and result["log_batch_errors"] == 0
+
+
+def test_concurrent_promoters_leave_the_best_version_champion_whatever_their_order(server, monkeypatch):
+    """Queue workers against the server each log a test accuracy and promote at once, with no
+    lock between them: `champion` must end on the best version (the earliest of a tie)."""
+    import threading
+    import uuid
+
+    from mnistflow import tracking
+
+    url, password = server
+    for key, value in {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
+                       "MLFLOW_TRACKING_PASSWORD": password}.items():
+        monkeypatch.setenv(key, value)
+    client = tracking.client()
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    experiment = tracking.experiment_id(name)
+    accuracies = [0.5, 0.7, 0.9, 0.6, 0.9, 0.8, 0.3, 0.85]  # versions 3 and 5 tie: 3 is the champion
+    runs = [client.create_run(experiment).info.run_id for _ in accuracies]
+    for run_id in runs:
+        client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id)
+    start, failures = threading.Barrier(len(runs)), []
+
+    def worker(run_id: str, test_acc: float) -> None:
+        try:
+            start.wait()
+            client.log_metric(run_id, "test_acc", test_acc)
+            tracking.promote(name)
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=pair) for pair in zip(runs, accuracies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures
+    assert client.get_model_version_by_alias(name, "champion").version == "3"

@@ -102,13 +102,28 @@ def test_champion_moves_only_to_a_better_version(store):
         run = client.create_run(exp, run_name="cnn")
         client.log_metric(run.info.run_id, "test_acc", test_acc)
         client.create_model_version("mnist-cnn", "file:///nowhere", run_id=run.info.run_id)
-        tracking.promote("mnist-cnn", run.info.run_id, test_acc)
+        tracking.promote("mnist-cnn")
         return client.get_model_version_by_alias("mnist-cnn", "champion").version
 
     assert version(0.80) == 1
     assert version(0.70) == 1  # worse: stays
     assert version(0.80) == 1  # a tie is not better
     assert version(0.90) == 4
+
+
+def test_the_training_run_of_weights_is_never_an_evaluation_only_run(store):
+    client = store
+    exp = tracking.experiment_id("mnist")
+    assert tracking.find_training_run("mnist", "cnn", "abc") is None
+    evaluated = tracking.run_for_model("mnist", "cnn", "abc")  # weights no run trained: evaluation only
+    assert tracking.run_for_model("mnist", "cnn", "abc") == evaluated  # the next evaluation reuses it
+    assert tracking.find_training_run("mnist", "cnn", "abc") is None
+    trained = client.create_run(exp, tags={"model_md5": "abc"}).info.run_id
+    client.log_param(trained, "lr", 0.01)
+    tracking.run_for_model("mnist", "cnn", "abc")
+    newer = client.create_run(exp, tags={"model_md5": "abc", "evaluation_only": "true"}).info.run_id
+    assert tracking.find_training_run("mnist", "cnn", "abc").info.run_id == trained != newer
+    assert tracking.run_for_model("mnist", "cnn", "abc") == trained
 
 
 def test_only_tracking_imports_mlflow_and_only_when_it_records():

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 # command: (module:function, help); the function takes (argv, prog).
 COMMANDS = {
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", metavar="command", choices=COMMANDS, help=argparse.SUPPRESS)
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # DVC runs each stage's `python` from PATH: make it this interpreter's, so `.venv/bin/mnistflow`
+    # works from a shell without the venv activated.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     module, function = COMMANDS[args.command][0].split(":")
     command = getattr(importlib.import_module(module), function)
     from mnistflow.core.errors import run_stage

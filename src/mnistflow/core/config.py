@@ -116,7 +116,9 @@ class DataConfig(Section):
     dataset: Literal[(*DATASETS, "folder")]  # type: ignore[valid-type]
     mirror: str | None  # a folder holding the dataset's files, tried first
     verify: bool  # check the real dataset's checksums; false: other data in the same format
-    val_size: int = Field(ge=1)  # images held out of train for validation
+    # images held out of train for validation: a share of them (below 1), or a count (1 or more)
+    val_size: Annotated[Number, Field(gt=0), _unless(lambda v: v >= 1 and v != int(v), lambda v: (
+        f"{v:g} must be a share of the training images below 1 (0.1) or a whole count of them (5000)"))]
     # dataset folder (mnistflow.data.folder): your images, brought to `shape`, and the share
     # of them held out for test where the folder has no train/ and test/
     path: str | None = None
@@ -141,6 +143,18 @@ class DataConfig(Section):
         if self.mirror is not None:
             raise ValueError("data.mirror is for the named datasets; dataset 'folder' reads data.path: set it to null")
         return self
+
+    def val_count(self, n_train: int, of: str = "") -> int:
+        """How many of `n_train` training images `val_size` holds out (a share of them, rounded);
+        ConfigError, naming the key, unless at least 1 is held out and 1 left to train on."""
+        share = self.val_size < 1
+        count = round(self.val_size * n_train) if share else int(self.val_size)
+        if not 1 <= count < n_train:
+            what = f"the {n_train} training images{' of ' + of if of else ''}"
+            raise ConfigError(f"data.val_size: {self.val_size:g} of {what} is {count}: it must hold out at least 1 "
+                              "and leave at least 1 to train on" if share
+                              else f"data.val_size: {count} must be smaller than {what}")
+        return count
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import sqlite3
 import sys
 from typing import Callable
 
@@ -29,15 +30,16 @@ class OutOfSpace(DataError):
 
 
 def out_of_space(exc: BaseException | None) -> str | None:
-    """What ran out of space, when ENOSPC is anywhere in `exc`'s chain (or SQLite's word for it)."""
+    """What ran out of space, when ENOSPC (or SQLite's SQLITE_FULL) is anywhere in `exc`'s chain,
+    also behind SQLAlchemy's wrapper (its `orig`), as MLflow's store raises it."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return f"writing {exc.filename}" if exc.filename else "writing"
-        if "database or disk is full" in str(exc):
+        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
             return "writing an SQLite database (the MLflow store?)"
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
     return None
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mnistflow.core.config import DataConfig, VariantConfig
-from mnistflow.core.errors import ConfigError, DataError
+from mnistflow.core.errors import DataError
 from mnistflow.core.io import write_json
 from mnistflow.data import cifar, folder
 from mnistflow.data.datasets import CIFAR_TRAIN, DATASETS, DatasetSpec
@@ -43,9 +43,7 @@ def _cat(batches) -> Split:
 
 
 def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
-    """A seeded hold-out of `val_size` images from train."""
-    if val_size >= len(train):
-        raise ConfigError(f"data.val_size: {val_size} must be smaller than the {len(train)} training images")
+    """A seeded hold-out of `val_size` images from train (`DataConfig.val_count` checks it)."""
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
     return (Split(train.images[train_idx], train.labels[train_idx]),
@@ -80,7 +78,7 @@ def preprocess(raw_root: Path, data: DataConfig, seed: int, variants: dict[str, 
         if tuple(train.images.shape[1:]) != spec.shape:
             raise DataError(f"{raw_root}: images are {tuple(train.images.shape[1:])}, expected {spec.shape} "
                             f"for {spec.name}")
-    train, val = split_train_val(train, data.val_size, seed)
+    train, val = split_train_val(train, data.val_count(len(train)), seed)
     for name, split in (("train", train), ("val", val), ("test", test)):
         save_split(out / f"{name}.pt", split)
     write_json(out / "stats.json", {"dataset": data.dataset, "classes": list(classes), **pixel_stats(train),

@@ -24,14 +24,11 @@ def check_source(data: DataConfig, root: Path) -> dict:
             raise ConfigError(f"data.mirror: {resolve(data.mirror, root)} is not a folder; fix the path, or set it "
                               f"to null for the system copy or a download (none is tried in its place)")
         spec = DATASETS[data.dataset]
-        if data.verify and data.val_size >= spec.train_size:  # unverified data may have any size
-            raise ConfigError(f"data.val_size: {data.val_size} must be smaller than the {spec.train_size} "
-                              f"training images of {data.dataset}")
+        if data.verify:  # unverified data may have any size
+            data.val_count(spec.train_size, data.dataset)
         return {"dataset": data.dataset}
     listing = folder.scan(resolve(data.path, root))
     n_train = len(listing.files["train"]) if listing.presplit else len(listing.files["all"]) - round(
         data.test_size * len(listing.files["all"]))
-    if data.val_size >= n_train:
-        raise ConfigError(f"data.val_size: {data.val_size} must be smaller than the {n_train} training images "
-                          f"of {listing.root}")
+    data.val_count(n_train, str(listing.root))
     return {"dataset": "folder", **folder.fingerprint(listing)}

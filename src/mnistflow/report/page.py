@@ -2,7 +2,8 @@
 static file with every figure, that opens offline. Only what the inputs fix goes on it (no run
 ids, experiment ids, hosts, ports, times or commits): it is a DVC output like any other,
 byte-identical when reproduced against any store. Its MLflow links name a dataset's experiment
-and a saved view; the page resolves them when viewed, from `ui.LINKS_FILE` beside it."""
+and a saved view, or a model's weights by their md5; the page resolves them when viewed, from
+`ui.LINKS_FILE` beside it."""
 from __future__ import annotations
 
 import functools
@@ -23,13 +24,15 @@ def _template():
     return env.get_template("index.html.j2")
 
 
-def mlflow_link(experiment: str, view: str, text: str) -> str:
-    """A link to a saved view of an experiment, resolved when the page is viewed."""
+def mlflow_link(text: str, **data: str) -> str:
+    """A link resolved when the page is viewed: to a saved view of an experiment
+    (`experiment=`, `view=`), or to the run that trained some weights (`weights=` their md5)."""
     e = html.escape
-    return f'<a class="mlflow" data-experiment="{e(experiment)}" data-view="{e(view)}" href="#mlflow">{e(text)}</a>'
+    attributes = " ".join(f'data-{k}="{e(v)}"' for k, v in data.items())
+    return f'<a class="mlflow" {attributes} href="#mlflow">{e(text)}</a>'
 
 
-def facts_rows(cfg: Config, name: str, evals: dict, facts: dict, view: str) -> list[tuple[str, str]]:
+def facts_rows(cfg: Config, name: str, evals: dict, facts: dict) -> list[tuple[str, str]]:
     """A model's settings and results, as the rows of its table (values are HTML)."""
     e = html.escape
     mc = cfg.model(name)
@@ -43,13 +46,12 @@ def facts_rows(cfg: Config, name: str, evals: dict, facts: dict, view: str) -> l
         ("test acc", f"{test['acc']:.4f}"),
         ("test ECE, top-2 acc, macro AUROC", f"{test['ece']:.4f}, {test['top2_acc']:.4f}, {test['macro_auroc']:.4f}"),
         ("weights (md5)", f"<code>{facts['model_md5']}</code>"),
-        ("MLflow run", mlflow_link(cfg.data.dataset, view, "the runs that made these weights")),
+        ("MLflow run", mlflow_link("the run that trained these weights", weights=facts["model_md5"])),
     ]
 
 
-def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, facts: dict, per_model: dict, comparison: dict | None,
-               views: dict[str, str], fig_dir) -> str:
-    """`views`: per model, the key of the saved view of the runs that made its weights."""
+def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, facts: dict, per_model: dict,
+               comparison: dict | None, fig_dir) -> str:
     e = html.escape
     models = list(cfg.train.models)
 
@@ -58,8 +60,8 @@ def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, fa
 
     return _template().render(
         dataset=cfg.data.dataset, links_file=LINKS_FILE,
-        experiment_link=mlflow_link(cfg.data.dataset, HEADLINE, "the runs table"), models=models, sets=list(next(iter(evals.values()))),
+        experiment_link=mlflow_link("the runs table", experiment=cfg.data.dataset, view=HEADLINE), models=models, sets=list(next(iter(evals.values()))),
         evals=evals, classes=classes, per_class=per_class,
         per_class_cell=lambda v: "&ndash;" if v is None else f"{v:.3f}",  # None: no image of that class
-        facts_rows={m: facts_rows(cfg, m, evals[m], facts[m], views[m]) for m in models}, figures=per_model,
+        facts_rows={m: facts_rows(cfg, m, evals[m], facts[m]) for m in models}, figures=per_model,
         comparison=comparison, img=img)

@@ -21,7 +21,7 @@ from mnistflow.tracking import ui
 from mnistflow.core.config import Config
 from mnistflow.core.device import configure
 from mnistflow.core.errors import DataError
-from mnistflow.core.io import load_torch, write_bytes, write_figure
+from mnistflow.core.io import load_torch, write_bytes, write_csv, write_figure
 from mnistflow.data.splits import load_split, read_classes, read_stats
 from mnistflow.models.inference import Normalizer
 
@@ -96,18 +96,21 @@ def read_comparison(path: Path, dataset: str) -> dict | None:
     return result if result.get("dataset") == dataset and result.get("optimizers") else None
 
 
-def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, optimizers: Path,
-              figures_dir: Path, index_path: Path) -> None:
+def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, confusion_dir: Path,
+              optimizers: Path, figures_dir: Path, history_path: Path, index_path: Path) -> None:
     store = tracking.client()  # first: a tracking server that does not answer or refuses us is one line
     configure(cfg.numerics.mode, cfg.numerics.threads)
     classes, shape = read_classes(data_dir), cfg.data.image_shape
     norm = Normalizer(**read_stats(data_dir))
     train, test = (load_split(data_dir / f"{s}.pt", shape, len(classes)) for s in ("train", "test"))
     evals = {m: json.loads((eval_dir / f"{m}.all.json").read_text()) for m in cfg.train.models}
+    histories = {m: read_csv(train_dir / f"{m}.csv") for m in cfg.train.models}
+    # DVC's plots: every model's per-epoch history in one file, so they follow train.models.
+    write_csv(history_path, [{"model": m, **row} for m, rows in histories.items() for row in rows])
     per_class = {m: json.loads((eval_dir / f"{m}.per_class.json").read_text())["test"] for m in cfg.train.models}
     shared = {
         "robustness.png": plots.robustness({m: {s: r["acc"] for s, r in evals[m].items()} for m in cfg.train.models}),
-        "loss_curves.png": plots.loss_curves({m: read_csv(train_dir / f"{m}.csv") for m in cfg.train.models}),
+        "loss_curves.png": plots.loss_curves(histories),
         "samples.png": plots.image_grid(list(train.images[:SHOWN]), [classes[i] for i in train.labels[:SHOWN]],
                                         f"{cfg.data.dataset}: training samples"),
     }
@@ -119,10 +122,9 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
         state = load_torch(models_dir / f"{name}.pt")
         w, b = first_layer(state)
         # The evaluate stage already predicted every test image: reuse, do not re-run the model.
-        predicted = read_csv(eval_dir / name / "confusion_test.csv")
+        predicted = read_csv(confusion_dir / name / "confusion_test.csv")
         figs = {
-            f"loss_curve_{name}.png": plots.loss_curve(read_csv(train_dir / f"{name}.csv"),
-                                                       f"{name} on {cfg.data.dataset}"),
+            f"loss_curve_{name}.png": plots.loss_curve(histories[name], f"{name} on {cfg.data.dataset}"),
             f"confusion_{name}.png": plots.confusion_matrix(_confusion(predicted, classes), classes,
                                                             f"{name}: test set (row-normalized)"),
             f"reliability_{name}.png": plots.reliability_diagram(
@@ -146,18 +148,15 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     # output like any other, byte-identical when reproduced. Its MLflow links are resolved when
     # it is viewed, from ui.LINKS_FILE beside it (written below and by `make ui`).
     page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison,
-                      {m: ui.weights_view(f["model_md5"]) for m, f in facts.items()},
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
     for name, figs in per_model.items():  # each model's figures, in the run that trained it
         tracking.attach_figures(cfg.data.dataset, name, facts[name]["model_md5"],
                                 {f.replace(f"_{name}.png", ".png"): figures_dir / f for f in figs})
     run_id = tracking.log_report(cfg.data.dataset, [*(figures_dir / f for f in files), index_path],
-                                 {**tracking.git_state(), "models": ",".join(cfg.train.models)})
+                                 {**tracking.made_from(), "models": ",".join(cfg.train.models)})
     for exp in (cfg.data.dataset, tracking.reports_experiment(cfg.data.dataset)):
         ui.install(store, exp)
-    for fact in facts.values():
-        ui.install_weights_view(store, cfg.data.dataset, fact["model_md5"])
     ui.write_links(store, index_path.parent)
     log.info("report: %s (MLflow run %s)", index_path, run_id)
 

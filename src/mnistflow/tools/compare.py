@@ -66,28 +66,20 @@ def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 *
     try:
         while True:
             states = queue_states(experiments)
-            if states and not any(status in ("Queued", "Running") for status in states.values()):
+            if len(states) == len(experiments) and not any(s in ("queued", "running") for s in states.values()):
                 break
             if time.monotonic() > deadline:
                 raise MnistflowError(f"the queue did not drain in {timeout:.0f} s: {states}")
             time.sleep(3)
     finally:  # never leave workers behind, on an error or Ctrl-C either
         dvc("queue", "stop", "--kill", check=False)
-    return [name for name, status in states.items() if status == "Failed"]
+    return [name for name, state in states.items() if state == "failed"]
 
 
-def queue_states(names) -> dict[str, str]:
-    """Each named experiment's state in DVC's queue (Queued, Running, Success, Failed), from the
-    queue's API (what `dvc queue status` prints, without parsing its table)."""
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        tasks = repo.experiments.celery_queue.status()
-    states: dict[str, str] = {}
-    for task in tasks:  # Running and Queued come first: they win over an older task's outcome
-        if task.get("name") in names:
-            states.setdefault(task["name"], task["status"])
-    return states
+def queue_states(names) -> dict[str, str | None]:
+    """Each named experiment's state in DVC's queue (queued, running, success, failed), from
+    `dvc exp show --json`; an experiment DVC does not show yet is left out."""
+    return {e["name"]: e["state"] for e in exp_show() if e["name"] in names and "state" in e}
 
 
 def exp_weights_md5(name: str, model: str) -> str:
@@ -111,8 +103,10 @@ def gather(model: str) -> dict:
         md5 = exp_weights_md5(name, model)
         run = tracking.find_training_run(cfg.data.dataset, model, md5)
         if run is None:
-            raise MnistflowError(f"no MLflow run of {model} holds the weights of DVC experiment {name!r} "
-                                 f"(md5 {md5}) in {tracking.tracking_uri()}")
+            why = ("only an evaluation-only run (no params or curves: the weights came from DVC's cache, "
+                   "not from training against this store) holds" if tracking.run_of_weights(cfg.data.dataset, md5)
+                   else "no MLflow run of {model} holds".format(model=model))
+            raise MnistflowError(f"{why} the weights of DVC experiment {name!r} (md5 {md5}) in {tracking.tracking_uri()}")
         result["optimizers"][optimizer] = {
             "dvc_exp": name, "model_md5": md5, "lr": float(run.data.params["lr"]),
             "test_acc": run.data.metrics.get("test_acc"),

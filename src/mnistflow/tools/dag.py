@@ -1,6 +1,7 @@
 """The pipeline's stages and what each runs after, readable at 100 columns (`dvc dag` draws
 every edge and needs about 200). A stage per model is one line: `train@<model>` runs after
-`preprocess` for every model in train.models. Read from `dvc dag --mermaid`, DVC's own output.
+`preprocess` for every model in train.models. Read from `dvc dag --dot`, DVC's own output,
+with a DOT parser (pydot, which DVC itself writes it with).
 
     mnistflow dag            # the table
     mnistflow dag --mermaid  # DVC's mermaid chart, as docs/pipeline.md shows it
@@ -15,19 +16,23 @@ from mnistflow.core.errors import MnistflowError
 from mnistflow.cli import Parser
 
 
-def mermaid() -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--mermaid"], capture_output=True, text=True)
+def dvc_dag(fmt: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", f"--{fmt}"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise MnistflowError(f"dvc dag failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip()
 
 
-def edges(chart: str) -> dict[str, set[str]]:
-    """stage -> the stages it runs after, from a mermaid flowchart."""
-    names = dict(re.findall(r'^\s*(node\d+)\["([^"]+)"\]', chart, re.M))
-    after: dict[str, set[str]] = {name: set() for name in names.values()}
-    for source, target in re.findall(r"^\s*(node\d+)-->(node\d+)", chart, re.M):
-        after[names[target]].add(names[source])
+def edges(dot: str) -> dict[str, set[str]]:
+    """stage -> the stages it runs after, from DVC's DOT graph (its edges point downstream)."""
+    import pydot
+
+    (graph,) = pydot.graph_from_dot_data(dot)
+    name = lambda node: node.strip('"')  # noqa: E731  (DOT quotes names with @)
+    after: dict[str, set[str]] = {name(n.get_name()): set() for n in graph.get_nodes()}
+    for edge in graph.get_edges():
+        after.setdefault(name(edge.get_destination()), set()).add(name(edge.get_source()))
+        after.setdefault(name(edge.get_source()), set())
     return after
 
 
@@ -60,8 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "mnistflow dag") -> None:
     parser = Parser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--mermaid", action="store_true", help="DVC's mermaid chart instead")
     args = parser.parse_args(argv)
-    chart = mermaid()
-    print(chart if args.mermaid else table(edges(chart)))
+    print(dvc_dag("mermaid") if args.mermaid else table(edges(dvc_dag("dot"))))
 
 
 if __name__ == "__main__":

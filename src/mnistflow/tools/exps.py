@@ -19,7 +19,9 @@ from mnistflow.cli import Parser
 
 def exp_show(all_commits: bool = False) -> list[dict]:
     """Every entry of `dvc exp show --json` (the workspace, the baseline commits, their
-    experiments), each {"rev", "name", "data": {"params", "metrics", "deps", "outs", ...}}."""
+    experiments), each {"rev", "name", "data": {"params", "metrics", "deps", "outs", ...}}; an
+    experiment also with its "state" in DVC's queue (queued, running, success, failed; None when
+    it did not go through the queue)."""
     args = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -29,7 +31,8 @@ def exp_show(all_commits: bool = False) -> list[dict]:
         entries.append({**baseline, "name": "workspace" if baseline["rev"] == "workspace"
                         else baseline.get("name") or baseline["rev"][:7]})
         for group in baseline.get("experiments") or []:
-            entries += [{**exp, "name": exp.get("name") or exp["rev"][:7]} for exp in group.get("revs", [])]
+            state = (group.get("executor") or {}).get("state")
+            entries += [{**exp, "name": exp.get("name") or exp["rev"][:7], "state": state} for exp in group.get("revs", [])]
     return entries
 
 

@@ -13,26 +13,35 @@ from mnistflow.cli import Parser
 
 
 def stale_stages(root: Path | str = ".") -> dict[str, list[str]]:
-    """Stage -> what changed in its sources (scripts, modules, params) since dvc.lock."""
-    from dvc.repo import Repo
+    """Stage -> what changed in its sources (scripts, modules, params) since dvc.lock, from
+    `dvc status --json`; the outputs dvc.lock records are what a fresh clone may lack."""
+    import json
+    import subprocess
+    import sys
 
-    with Repo(str(root)) as repo:
-        produced = {str(out) for stage in repo.index.stages for out in stage.outs}
-        stale = {}
-        for stage, changes in repo.status().items():
-            reasons = []
-            for change in changes:
-                if isinstance(change, str):  # "changed command", "changed outs", ...
-                    reasons.append(change)
-                    continue
-                for path, state in change.get("changed deps", {}).items():
-                    if isinstance(state, dict):  # params: {key: "modified" | "new" | "deleted"}
-                        reasons += [f"param {key} {how}" for key, how in state.items()]
-                    elif not _holds_outputs(path, produced):
-                        reasons.append(f"{path} {state}")
-            if reasons:
-                stale[stage.split(":")[-1]] = reasons
-        return stale
+    import yaml
+
+    root = Path(root)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MnistflowError(f"dvc status failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
+    produced = {out["path"] for stage in (lock or {}).get("stages", {}).values() for out in stage.get("outs", [])}
+    stale = {}
+    for stage, changes in json.loads(proc.stdout or "{}").items():
+        reasons = []
+        for change in changes:
+            if isinstance(change, str):  # "changed command", "changed outs", ...
+                reasons.append(change)
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                if isinstance(state, dict):  # params: {key: "modified" | "new" | "deleted"}
+                    reasons += [f"param {key} {how}" for key, how in state.items()]
+                elif not _holds_outputs(path, produced):
+                    reasons.append(f"{path} {state}")
+        if reasons:
+            stale[stage.split(":")[-1]] = reasons
+    return stale
 
 
 def _holds_outputs(path: str, outs: set[str]) -> bool:

@@ -178,6 +178,14 @@ def stop(folder: Path) -> None:
         _as(_db_user(), _pg_bin() / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
 
 
+def how_to_use(url: str, folder: Path, password_from_env: bool) -> str:
+    """The lines `start` prints: the password named where it is (the variable, else the file)."""
+    source = "MNISTFLOW_ADMIN_PASSWORD" if password_from_env else folder / "admin-password"
+    password = '"$MNISTFLOW_ADMIN_PASSWORD"' if password_from_env else f'"$(cat {folder / "admin-password"})"'
+    return (f"MLflow server at {url} (admin password: {source}). To use it:\n"
+            f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} MLFLOW_TRACKING_PASSWORD={password}")
+
+
 def main(argv: list[str] | None = None, prog: str = "mnistflow server") -> None:
     parser = Parser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
@@ -190,11 +198,7 @@ def main(argv: list[str] | None = None, prog: str = "mnistflow server") -> None:
         print(f"stopped the server and the database of {args.dir}")
         return
     url = start(args.dir, args.host, args.port)
-    source = "MNISTFLOW_ADMIN_PASSWORD" if os.environ.get("MNISTFLOW_ADMIN_PASSWORD") else args.dir / "admin-password"
-    print(f"MLflow server at {url} (admin password: {source}). To use it:\n"
-          f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} "
-          f"MLFLOW_TRACKING_PASSWORD=\"$(cat {args.dir / 'admin-password'})\"")
-
+    print(how_to_use(url, args.dir, bool(os.environ.get("MNISTFLOW_ADMIN_PASSWORD"))))
 
 if __name__ == "__main__":
     run_stage(main)

@@ -19,15 +19,19 @@ def print_links(names: list[str] | None = None) -> None:
     """Repoint a moved store, give every experiment its layout and views, print the page of
     each, and point the report page's links at this store and UI (reports/mlflow-links.js)."""
     client = store.client()
-    for name in names or [e.name for e in client.search_experiments() if e.name != "Default"]:
+    names = names or [e.name for e in client.search_experiments() if e.name != "Default"]
+    for name in sorted(names, key=lambda n: (n.endswith("-reports"), n)):  # the runs tables first
         if client.get_experiment_by_name(name) is None:
             raise MnistflowError(f"no experiment {name!r} in {store.tracking_uri()}")
         exp_id = ui.install(client, name)  # also in a store from before them
         if name.endswith("-reports"):
-            print(f"{name}: {ui.runs_url(exp_id, ui.REPORTS)}")
+            print(f"{name}: {ui.runs_url(exp_id, ui.REPORTS)}\n  the report runs: each drawing of the figures "
+                  "and the report page, and the models it showed")
         else:
-            print(f"{name}: {ui.runs_url(exp_id)}")
-            print(f"{name} charts: {ui.runs_url(exp_id, charts=True)}")
+            print(f"{name}: {ui.runs_url(exp_id)}\n  the runs table: each model's run, its test accuracy, "
+                  "what varied and what made it, newest first")
+            print(f"{name} charts: {ui.runs_url(exp_id, charts=True)}\n  the same runs as charts: test accuracy "
+                  "per run, and the settings that varied against it")
     if (repo_root() / "reports" / "index.html").exists():
         ui.write_links(client, repo_root() / "reports")
     print(ui.HOME_PAGE_HINT, flush=True)

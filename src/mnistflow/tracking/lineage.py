@@ -17,25 +17,12 @@ from pathlib import Path
 import yaml
 
 from mnistflow import tracking
+from mnistflow.tracking.dvc_internals import default_remote_url, lock_entries
 from mnistflow.core.errors import MnistflowError
 from mnistflow.core.io import repo_root
 
 log = logging.getLogger(__name__)
 LINEAGE_ARTIFACT = "lineage.json"
-
-
-def lock_entries(stage_name: str, root: Path | str = ".") -> dict[str, dict]:
-    """dvc.lock entries of `stage_name` and every stage upstream of it, hashed now by DVC
-    itself (the state DVC will write when the stage ends; it has not written it yet)."""
-    from dvc.repo import Repo
-    from dvc.stage.serialize import to_single_stage_lockfile
-
-    with Repo(str(root)) as repo:
-        entries = {}
-        for stage in repo.stage.collect(stage_name, with_deps=True):
-            stage.save()
-            entries[stage.addressing] = to_single_stage_lockfile(stage)
-    return entries
 
 
 def record(run) -> None:
@@ -90,7 +77,7 @@ def restore(run_id: str, dest: Path) -> Path:
     checkout = subprocess.run([sys.executable, "-m", "dvc", "checkout", *entries], cwd=dest,
                               capture_output=True, text=True)
     weights = dest / _model_path(entries, run.data.params.get("model", run.info.run_name.split(" · ")[0]))
-    if (not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]) and (url := _remote_url(root)):
+    if (not weights.exists() or tracking.file_md5(weights) != tags["model_md5"]) and (url := default_remote_url(root)):
         # What the cache lacks, from this repo's default remote (resolved here: a relative URL
         # in the worktree's config would point beside the worktree instead).
         log.info("the DVC cache lacks some outputs of run %s; pulling them from %s", run_id, url)
@@ -104,15 +91,6 @@ def restore(run_id: str, dest: Path) -> Path:
             f"{root}) and run this again.\n{checkout.stdout}{checkout.stderr}".rstrip())
     log.info("restored run %s into %s; %s matches the run's md5", run_id, dest, weights.relative_to(dest))
     return dest
-
-
-def _remote_url(root: Path) -> str | None:
-    """The URL of the repo's default DVC remote, resolved; None when it has none."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        name = repo.config["core"].get("remote")
-        return repo.config["remote"][name]["url"] if name else None
 
 
 def _load(run_id: str) -> tuple[object, dict, dict]:

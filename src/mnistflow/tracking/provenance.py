@@ -44,12 +44,18 @@ def file_md5(path: str | Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def run_tags(dataset: str, device) -> dict[str, str]:
-    """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
-    tags = {"dataset": dataset, "device": str(device), **git_state()}
+def made_from() -> dict[str, str]:
+    """The tags that say what made any run of ours (a model's, an evaluation's, a report's): the
+    git state, and the DVC experiment when one runs."""
+    tags = git_state()
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def run_tags(dataset: str, device) -> dict[str, str]:
+    """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
+    return {"dataset": dataset, "device": str(device), **made_from()}
 
 
 def environment() -> dict[str, str]:

@@ -1,14 +1,12 @@
 """The registered models: one per dataset and model, the served form each version holds, and
-its aliases: `candidate` the newest version, `champion` the best test accuracy so far, each
+its aliases: `candidate` the newest version, `champion` the best test accuracy of all versions, each
 version tagged with why it got its alias."""
 from __future__ import annotations
 
-import fcntl
 import logging
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-from mnistflow.tracking.store import client, errors, mlflow_module, sqlite_path
+from mnistflow.tracking.store import client, errors, mlflow_module
 
 if TYPE_CHECKING:
     import torch
@@ -19,8 +17,8 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 
 
 # What the registered model's page says of its aliases.
-ALIAS_RULE = (f"`{CANDIDATE}` is the newest version; `{CHAMPION}` the version with the best test accuracy so far. "
-              "Each version's tags say why it got its alias.")
+ALIAS_RULE = (f"`{CANDIDATE}` is the newest version; `{CHAMPION}` the version with the best test accuracy of all "
+              "(the earliest of a tie). Each version's tags say why it got its alias.")
 
 
 def model_name(dataset_name: str, model: str) -> str:
@@ -52,37 +50,30 @@ def name_candidate(store, name: str, version: str, run_name: str) -> None:
     store.update_registered_model(name, ALIAS_RULE)
 
 
-def promote(name: str, run_id: str, test_acc: float) -> None:
-    """Point `champion` at the version of `run_id` when its test accuracy beats the champion's."""
+def best_version(store, name: str):
+    """(test accuracy, version) of the version whose run has the best test accuracy, the earliest
+    version on a tie; None before any version was evaluated."""
+    scored = [(acc, v) for v in store.search_model_versions(f"name = '{name}'")
+              if (acc := store.get_run(v.run_id).data.metrics.get("test_acc")) is not None]
+    return max(scored, key=lambda s: (s[0], -int(s[1].version)), default=None)
+
+
+def promote(name: str) -> None:
+    """Point `champion` at the best version over every version evaluated so far. No lock and no
+    order: each promoter recomputes the best from the store and checks again after it writes,
+    so whichever writes last, the alias ends on the best (a stale writer's check sees the newer
+    accuracies and corrects it)."""
     store = client()
-    versions = store.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not versions:
-        return
-    version = max(versions, key=lambda v: int(v.version))
-    with _registry_lock():  # parallel `dvc queue` workers must not both win
+    while (best := best_version(store, name)) is not None:
+        test_acc, version = best
         try:
-            champion = store.get_model_version_by_alias(name, CHAMPION)
-            best = store.get_run(champion.run_id).data.metrics.get("test_acc", float("-inf"))
+            current = store.get_model_version_by_alias(name, CHAMPION).version
         except errors():
-            champion, best = None, float("-inf")
-        if champion is not None and champion.version == version.version:
+            current = None
+        if current == version.version:
             return
-        if test_acc > best:
-            store.set_registered_model_alias(name, CHAMPION, version.version)
-            before = f"{best:.4f} of version {champion.version}" if champion else "no champion before"
-            store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
-                                        f"the best test accuracy so far: {test_acc:.4f} (over {before})")
-            log.info("%s version %s (test_acc %.4f) is the new %s", name, version.version, test_acc, CHAMPION)
-        else:
-            log.info("%s stays at version %s (test_acc %.4f >= %.4f)", CHAMPION, champion.version, best, test_acc)
-
-
-@contextmanager
-def _registry_lock() -> Iterator[None]:
-    db = sqlite_path()
-    if db is None:  # a tracking server: no shared folder to lock in
-        yield
-        return
-    with open(db.parent / ".registry.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+        store.set_registered_model_alias(name, CHAMPION, version.version)
+        before = f"version {current}" if current else "no champion before"
+        store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
+                                    f"the best test accuracy of all versions: {test_acc:.4f} (over {before})")
+        log.info("%s version %s (test_acc %.4f) is the %s", name, version.version, test_acc, CHAMPION)

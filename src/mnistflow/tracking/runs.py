@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mnistflow.tracking.provenance import file_md5, git_state, run_label
+from mnistflow.tracking.provenance import file_md5, git_state, made_from, run_label
 from mnistflow.tracking.registry import log_model_args, model_name, name_candidate, promote
 from mnistflow.core.errors import MnistflowError, OutOfSpace, out_of_space
 from mnistflow.tracking.store import (client, errors, experiment_id, mlflow_module, sqlite_path, tracking_uri,
@@ -110,7 +110,8 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     except BaseException as exc:
         if unreachable(exc):  # MLflow's client has retried for its whole budget: no use asking again
             raise MnistflowError(f"the MLflow server at {tracking_uri()} stopped answering, and MLflow's client "
-                                 f"gave up ({exc.message.split(' failed with')[0]}); run {run_id} stays RUNNING "
+                                 f"gave up ({type(exc.__cause__ or exc.__context__).__name__} after its retries); "
+                                 f"run {run_id} stays RUNNING "
                                  "and the last finished epoch's checkpoint is kept: run the stage again once the "
                                  "server is back, and it resumes that run") from None
         if out_of_space(exc) and not isinstance(exc, OutOfSpace):  # the store's disk: no use writing FAILED there
@@ -194,15 +195,23 @@ def dataset(name: str, path: Path, images: torch.Tensor, labels: torch.Tensor):
                                       source=str(path), digest=file_md5(path)[:8])
 
 
-def find_training_run(experiment: str, model: str, model_md5: str):
-    """The latest run that produced these exact weights, found by the md5 tag, so no MLflow
-    id ever needs to be written into DVC-tracked outputs. None when the store lacks it."""
+def run_of_weights(experiment: str, model_md5: str):
+    """The latest run that trained these exact weights, else the latest evaluation-only run of
+    them, else None. Runs are found by the weights' md5 tag, so no MLflow id is ever written into
+    DVC-tracked outputs."""
     exp = client().get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client().search_runs([exp.experiment_id], max_results=1, filter_string=f"tags.model_md5 = '{model_md5}'",
+    runs = client().search_runs([exp.experiment_id], filter_string=f"tags.model_md5 = '{model_md5}'",
                                 order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+    return next((r for r in runs if "evaluation_only" not in r.data.tags), runs[0] if runs else None)
+
+
+def find_training_run(experiment: str, model: str, model_md5: str):
+    """The run that trained these weights, never an evaluation-only run (which holds their
+    metrics but no params or history); None when the store lacks it."""
+    run = run_of_weights(experiment, model_md5)
+    return None if run is None or "evaluation_only" in run.data.tags else run
 
 
 def attach_figures(experiment: str, model: str, model_md5: str, figures: dict[str, Path]) -> str | None:
@@ -212,7 +221,7 @@ def attach_figures(experiment: str, model: str, model_md5: str, figures: dict[st
     import shutil
     import tempfile
 
-    run = find_training_run(experiment, model, model_md5)
+    run = run_of_weights(experiment, model_md5)
     if run is None:
         return None
     store = client()
@@ -234,13 +243,13 @@ def metric_history(run_id: str, key: str) -> list[float]:
 def run_for_model(experiment: str, model: str, model_md5: str) -> str:
     """The id of the run holding these weights; when the store lost it (deleted, or the
     outputs came from DVC's run-cache), a new run tagged evaluation_only, and we say so."""
-    run = find_training_run(experiment, model, model_md5)
-    if run is not None:
+    run = run_of_weights(experiment, model_md5)
+    if run is not None:  # the training run, else the evaluation-only run an earlier evaluation made
         return run.info.run_id
     log.warning("no MLflow run holds %s with model_md5 %s; logging to a new evaluation-only run",
                 model, model_md5)
     new = client().create_run(experiment_id(experiment), run_name=f"{model} · evaluation only",
-                              tags={"model_md5": model_md5, "evaluation_only": "true", **git_state()})
+                              tags={"model_md5": model_md5, "evaluation_only": "true", **made_from()})
     client().set_terminated(new.info.run_id)
     return new.info.run_id
 
@@ -258,7 +267,7 @@ def log_evaluation(experiment: str, model: str, model_md5: str, metrics: dict[st
         run.log_metrics({f"{set_name}_{k}": v for k, v in values.items()}, model_id=model_id, dataset=datasets[set_name])
     run.log_dict(per_class, "per_class_acc.json")
     if model_id is not None:
-        promote(model_name(experiment, model), run.run_id, metrics["test"]["acc"])
+        promote(model_name(experiment, model))
     return run.run_id
 
 

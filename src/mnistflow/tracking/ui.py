@@ -22,6 +22,9 @@ from pathlib import Path
 from mnistflow.core.io import write_bytes
 
 VIEW_PREFIX = "mlflow.sharedViewState."
+RUN_COLOR = "mlflow.runColor"  # a run's colour in the charts (the UI's colour picker writes it)
+# Ten colours told apart (Tableau 10), given to an experiment's runs in the order they started.
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 TRAINING_LAYOUT = "workflowType=machine_learning"
 HEADLINE = "mnistflow"  # the runs table of a dataset's experiment
 REPORTS = "mnistflow-reports"  # the report runs
@@ -45,11 +48,6 @@ def runs_url(exp_id: str, view: str = HEADLINE, charts: bool = False) -> str:
 
 def run_url(exp_id: str, run_id: str) -> str:
     return f"{ui_url()}/#/experiments/{exp_id}/runs/{run_id}?{TRAINING_LAYOUT}"
-
-
-def weights_view(model_md5: str) -> str:
-    """The key of the view of the runs that made these weights (the report page links it)."""
-    return f"weights-{model_md5[:12]}"
 
 
 def headline_state(search: str = "") -> dict:
@@ -89,27 +87,37 @@ def install(client, name: str) -> str | None:
         set_view(client, exp, REPORTS, "mnistflow: report runs", REPORTS_STATE)
     else:
         set_view(client, exp, HEADLINE, "mnistflow: headline metrics", headline_state())
+        colour_runs(client, exp.experiment_id)
     return exp.experiment_id
 
 
-def install_weights_view(client, name: str, model_md5: str) -> None:
-    """The view of the runs that made these weights (the report page links it), where the store
-    has the experiment."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return
-    set_view(client, exp, weights_view(model_md5),
-             f"mnistflow: runs with weights {model_md5[:8]}", headline_state(search=f"tags.model_md5 = '{model_md5}'"))
+def colour_runs(client, exp_id: str) -> None:
+    """A colour of its own for each run without one, by the order the runs started, so the
+    latest ten runs differ in every chart (the UI's own choice repeats within three runs). A run
+    keeps the colour it has, also one a user picked."""
+    runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"], max_results=50_000)
+    for index, run in enumerate(runs):
+        if RUN_COLOR not in run.data.tags:
+            client.set_tag(run.info.run_id, RUN_COLOR, PALETTE[index % len(PALETTE)])
 
 
 def write_links(client, page_dir: Path) -> Path:
     """The report page's links, resolved for this store and this UI address: for each
-    experiment, the start of a link to one of its views (the page adds the view's key). The page
-    loads it as a script (file:// pages may load scripts, not read JSON), so its own bytes name
-    no store."""
-    prefixes = {e.name: runs_url(e.experiment_id, "") for e in client.search_experiments() if e.name != "Default"}
+    experiment, the start of a link to one of its views (the page adds the view's key); for each
+    set of weights, the page of the run that trained them (found by its md5 tag; an
+    evaluation-only run where no training run is left). The page loads it as a script (file://
+    pages may load scripts, not read JSON), so its own bytes name no store."""
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    prefixes = {e.name: runs_url(e.experiment_id, "") for e in experiments}
+    runs: dict[str, str] = {}
+    for exp in experiments:
+        for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=50_000):
+            md5 = run.data.tags.get("model_md5")
+            if md5 and ("evaluation_only" not in run.data.tags or md5 not in runs):  # the newest training run wins
+                runs[md5] = run_url(exp.experiment_id, run.info.run_id)
     path = Path(page_dir) / LINKS_FILE
-    write_bytes(path, f"window.mnistflowLinks = {json.dumps(prefixes, sort_keys=True)};\n".encode())
+    write_bytes(path, (f"window.mnistflowLinks = {json.dumps(prefixes, sort_keys=True)};\n"
+                       f"window.mnistflowRuns = {json.dumps(runs, sort_keys=True)};\n").encode())
     return path
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 # Before torch loads (it reads this once): when a peer goes, c10d's C++ warnings print a C++ stack
 # trace in every process; the one line `peers_or_stop` and `launch` print says what happened.
@@ -112,11 +113,23 @@ def peers_or_stop(world: World):
     try:
         yield
     except RuntimeError as exc:  # DistError is one; gloo's transport errors are plain RuntimeErrors
-        if world.size == 1 or not (isinstance(exc, dist.DistError) or "gloo" in str(exc)):
+        if world.size == 1 or not (isinstance(exc, dist.DistError) or not peers_answer()):
             raise
-        reason = str(exc).splitlines()[0].rsplit("] ", 1)[-1].split(". ")[0]
+        reason = str(exc).splitlines()[0].rsplit("] ", 1)[-1].split(". ")[0]  # for the user: gloo's own words
         raise MnistflowError(f"training process {world.rank} of {world.size}: another one is gone ({reason}); "
                              "training stopped, the last finished epoch's checkpoint is kept") from None
+
+
+def peers_answer(timeout_s: float = 10) -> bool:
+    """Whether every process of the world still answers, asked after an error in training: under
+    gloo a barrier that fails or times out means one is gone (NCCL says so with DistError)."""
+    if dist.get_backend() != "gloo":
+        return True
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError:
+        return False
+    return True
 
 
 def die_with_parent() -> None:

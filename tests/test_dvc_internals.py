@@ -1,0 +1,39 @@
+"""The contract of each DVC internal the project uses (src/mnistflow/tracking/dvc_internals.py), held
+against the installed DVC on a real two-stage repo: an upgrade that changes one fails here."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from conftest import pipeline_env, run
+from mnistflow.tracking.dvc_internals import default_remote_url, lock_entries
+
+
+def dvc(repo, *args):
+    return run([sys.executable, "-m", "dvc", *args], repo, pipeline_env())
+
+
+def test_lock_entries_are_what_dvc_writes_into_dvc_lock_and_the_remote_url_is_resolved(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)  # as a stage runs: in its repo
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    (repo / "params.yaml").write_text("a: 1\nb: {c: 2}\n")
+    (repo / "in.txt").write_text("input\n")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "first": {"cmd": "cp in.txt mid.txt", "deps": ["in.txt"], "params": ["a"], "outs": ["mid.txt"]},
+        "second": {"cmd": "cat mid.txt mid.txt > out.txt", "deps": ["mid.txt"], "params": ["b.c"],
+                   "outs": ["out.txt"]}}}))
+    dvc(repo, "repro", "-q")
+    written = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert lock_entries("second", repo) == written  # the stage and every stage upstream of it
+    assert list(lock_entries("first", repo)) == ["first"]
+
+    assert default_remote_url(repo) is None
+    dvc(repo, "remote", "add", "-d", "store", "../remote")  # relative to .dvc/, where the config is
+    assert default_remote_url(repo) == str(tmp_path / "remote")
+    dvc(repo, "remote", "modify", "--local", "store", "url", str(tmp_path / "elsewhere"))
+    assert default_remote_url(repo) == str(tmp_path / "elsewhere")  # this clone's own setting wins
