@@ -58,13 +58,17 @@ def best_version(store, name: str):
     return max(scored, key=lambda s: (s[0], -int(s[1].version)), default=None)
 
 
-def promote(name: str) -> None:
+def promote(name: str, attempts: int = 20) -> None:
     """Point `champion` at the best version over every version evaluated so far. No lock and no
     order: each promoter recomputes the best from the store and checks again after it writes,
     so whichever writes last, the alias ends on the best (a stale writer's check sees the newer
-    accuracies and corrects it)."""
+    accuracies and corrects it). Two promoters setting the alias at the same moment can collide
+    in the server's database (PostgreSQL: a unique key): the one refused looks again."""
     store = client()
-    while (best := best_version(store, name)) is not None:
+    for attempt in range(attempts):
+        best = best_version(store, name)
+        if best is None:
+            return
         test_acc, version = best
         try:
             current = store.get_model_version_by_alias(name, CHAMPION).version
@@ -72,7 +76,12 @@ def promote(name: str) -> None:
             current = None
         if current == version.version:
             return
-        store.set_registered_model_alias(name, CHAMPION, version.version)
+        try:
+            store.set_registered_model_alias(name, CHAMPION, version.version)
+        except errors():
+            if attempt == attempts - 1:
+                raise
+            continue
         before = f"version {current}" if current else "no champion before"
         store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
                                     f"the best test accuracy of all versions: {test_acc:.4f} (over {before})")
