@@ -12,25 +12,28 @@ from __future__ import annotations
 
 import inspect
 import json
+import typing
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from mnistflow import tracking
-from mnistflow.core.config import load_config
+from mnistflow.core.config import ModelConfig, load_config
 from mnistflow.core.errors import MnistflowError, run_stage
 from mnistflow.core.io import write_bytes
 from mnistflow.models import model_names
 from mnistflow.tools.exps import exp_show
-from mnistflow.train.optim import OPTIMIZERS
 from mnistflow.cli import Parser
 
 RESULT = Path("reports/optimizers.json")
+OPTIMIZER_NAMES = typing.get_args(ModelConfig.model_fields["optimizer"].annotation)  # what params.yaml takes
 CURVES = ["val_loss", "val_acc"]
 
 
 def default_lr(optimizer: str) -> float:
+    from mnistflow.train.optim import OPTIMIZERS  # torch: not for `--help`
+
     return inspect.signature(OPTIMIZERS[optimizer]).parameters["lr"].default
 
 
@@ -48,7 +51,7 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
     """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue."""
     failed = run_queue({exp_name(model, o): ["-S", f"train.models=[{model}]", "-S", f"train.{model}.optimizer={o}",
-                                             "-S", f"train.{model}.lr={default_lr(o)}"] for o in OPTIMIZERS},
+                                             "-S", f"train.{model}.lr={default_lr(o)}"] for o in OPTIMIZER_NAMES},
                        jobs, timeout)
     if failed:
         raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
@@ -98,7 +101,7 @@ def gather(model: str) -> dict:
     """What each optimizer's run recorded: settings, validation curves, test accuracy."""
     cfg = load_config("params.yaml", model_names())
     result = {"dataset": cfg.data.dataset, "model": model, "seed": cfg.seed, "optimizers": {}}
-    for optimizer in OPTIMIZERS:
+    for optimizer in OPTIMIZER_NAMES:
         name = exp_name(model, optimizer)
         md5 = exp_weights_md5(name, model)
         run = tracking.find_training_run(cfg.data.dataset, model, md5)
