@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import inspect
 import json
-import typing
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 from mnistflow import tracking
@@ -104,11 +104,10 @@ def gather(model: str) -> dict:
     for optimizer in OPTIMIZER_NAMES:
         name = exp_name(model, optimizer)
         md5 = exp_weights_md5(name, model)
-        run = tracking.find_training_run(cfg.data.dataset, model, md5)
-        if run is None:
-            why = ("only an evaluation-only run (no params or curves: the weights came from DVC's cache, "
-                   "not from training against this store) holds" if tracking.run_of_weights(cfg.data.dataset, md5)
-                   else "no MLflow run of {model} holds".format(model=model))
+        run = tracking.run_of_weights(cfg.data.dataset, md5)
+        if run is None or "evaluation_only" in run.data.tags:
+            why = (f"no MLflow run of {model} holds" if run is None else "only an evaluation-only run (no params or "
+                   "curves: the weights came from DVC's cache, not from training against this store) holds")
             raise MnistflowError(f"{why} the weights of DVC experiment {name!r} (md5 {md5}) in {tracking.tracking_uri()}")
         result["optimizers"][optimizer] = {
             "dvc_exp": name, "model_md5": md5, "lr": float(run.data.params["lr"]),

@@ -6,7 +6,12 @@ written is stale. Data and outputs that a fresh clone lacks are not its concern 
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from mnistflow.core.errors import MnistflowError, run_stage
 from mnistflow.cli import Parser
@@ -15,12 +20,6 @@ from mnistflow.cli import Parser
 def stale_stages(root: Path | str = ".") -> dict[str, list[str]]:
     """Stage -> what changed in its sources (scripts, modules, params) since dvc.lock, from
     `dvc status --json`; the outputs dvc.lock records are what a fresh clone may lack."""
-    import json
-    import subprocess
-    import sys
-
-    import yaml
-
     root = Path(root)
     proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:

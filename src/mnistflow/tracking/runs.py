@@ -202,8 +202,13 @@ def run_of_weights(experiment: str, model_md5: str):
     exp = client().get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client().search_runs([exp.experiment_id], filter_string=f"tags.model_md5 = '{model_md5}'",
-                                order_by=["attributes.start_time DESC"])
+    return preferred_run(client().search_runs([exp.experiment_id], filter_string=f"tags.model_md5 = '{model_md5}'",
+                                              order_by=["attributes.start_time DESC"]))
+
+
+def preferred_run(runs: list):
+    """Of the runs of one set of weights, newest first: the newest that trained them, else the
+    newest evaluation-only one (None for none)."""
     return next((r for r in runs if "evaluation_only" not in r.data.tags), runs[0] if runs else None)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mnistflow.core.io import write_bytes
+from mnistflow.tracking.runs import preferred_run
 
 VIEW_PREFIX = "mlflow.sharedViewState."
 RUN_COLOR = "mlflow.runColor"  # a run's colour in the charts (the UI's colour picker writes it)
@@ -111,10 +112,11 @@ def write_links(client, page_dir: Path) -> Path:
     prefixes = {e.name: runs_url(e.experiment_id, "") for e in experiments}
     runs: dict[str, str] = {}
     for exp in experiments:
-        for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=50_000):
-            md5 = run.data.tags.get("model_md5")
-            if md5 and ("evaluation_only" not in run.data.tags or md5 not in runs):  # the newest training run wins
-                runs[md5] = run_url(exp.experiment_id, run.info.run_id)
+        by_weights: dict[str, list] = {}
+        for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50_000):
+            if md5 := run.data.tags.get("model_md5"):
+                by_weights.setdefault(md5, []).append(run)
+        runs.update({md5: run_url(exp.experiment_id, preferred_run(rs).info.run_id) for md5, rs in by_weights.items()})
     path = Path(page_dir) / LINKS_FILE
     write_bytes(path, (f"window.mnistflowLinks = {json.dumps(prefixes, sort_keys=True)};\n"
                        f"window.mnistflowRuns = {json.dumps(runs, sort_keys=True)};\n").encode())
