@@ -76,9 +76,12 @@ def open_runs(page, url: str, timeout_ms: int = 60_000) -> None:
     page.wait_for_timeout(1500)
 
 
-def grid(page) -> list[dict[str, str]]:
+def grid(page, timeout_ms: int = 60_000) -> list[dict[str, str]]:
     """The runs table's rows as {column id: text}, the pinned columns (run name) with the others
-    (the grid draws only the columns in view)."""
+    (the grid draws only the columns in view). It waits for the rows: a loaded machine draws the
+    table's frame first and its rows seconds later."""
+    page.wait_for_function("""() => [...document.querySelectorAll('[role=gridcell][col-id="attributes.`Run Name`"]')]
+        .some(c => c.innerText.trim())""", timeout=timeout_ms)
     return page.evaluate("""() => {
         const rows = {};
         for (const r of document.querySelectorAll('[role=row][row-index]')) {
