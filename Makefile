@@ -20,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup venv server-tools repro exps dag screenshots compare-optimizers mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup venv server-tools repro exps dag screenshots compare-optimizers tune mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -89,6 +89,12 @@ screenshots: venv test-tools
 compare-optimizers: setup
 	$(BIN)/mnistflow compare-optimizers --model $(COMPARE_MODEL) --jobs $(JOBS)
 	$(BIN)/dvc repro
+
+# A hyperparameter search (params.yaml's tune section; docs/search.md): each trial a DVC
+# experiment, the study in MLflow; flags in TUNE_ARGS: `make tune TUNE_ARGS="--trials 6"`.
+TUNE_ARGS ?=
+tune: setup
+	$(BIN)/mnistflow tune $(TUNE_ARGS)
 
 # The MNIST tutorial's MLP (784-500-10, Adam at 1e-3, batch 100, 10 epochs, no schedule) and its
 # crop22 test, as one DVC experiment (--temp: the workspace keeps its outputs) on MNIST from

@@ -1,5 +1,5 @@
-"""DVC stage visualize: figures for every model (and the optimizer comparison OPTIMIZERS, when it is
-of this dataset) into FIGURES_DIR, every model's history in one CSV (HISTORY, for DVC's plots),
+"""DVC stage visualize: figures for every model (and the optimizer comparison OPTIMIZERS and the
+hyperparameter study STUDY, when they are of this dataset) into FIGURES_DIR, every model's history in one CSV (HISTORY, for DVC's plots),
 and the report page INDEX."""
 import sys
 from pathlib import Path
@@ -12,12 +12,14 @@ from mnistflow.core.numerics import pin  # noqa: E402
 
 
 def main() -> None:
-    data_dir, models_dir, train_dir, eval_dir, confusion_dir, optimizers, figures_dir, history, index = map(Path, sys.argv[1:])
+    data_dir, models_dir, train_dir, eval_dir, confusion_dir, optimizers, study, figures_dir, history, index = \
+        map(Path, sys.argv[1:])
     cfg = load_config()
     pin(cfg.numerics.mode, cfg.numerics.threads)  # before torch loads: it reads the pins once
     from mnistflow.report.visualize import visualize
 
-    visualize(cfg, data_dir, models_dir, train_dir, eval_dir, confusion_dir, optimizers, figures_dir, history, index)
+    visualize(cfg, data_dir, models_dir, train_dir, eval_dir, confusion_dir, optimizers, study, figures_dir, history,
+              index)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 EXPECTED = {"ui", "links", "serve", "lineage", "restore", "exps", "dag", "compare-optimizers", "server",
-            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources"}
+            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources", "tune"}
 
 
 def mnistflow(*args: str) -> subprocess.CompletedProcess:
@@ -52,6 +52,9 @@ def test_server_start_names_the_password_where_it_is():
     from mnistflow.tools.server import how_to_use
 
     from_env = how_to_use("http://127.0.0.1:5050", Path(".server"), password_from_env=True)
-    assert 'MLFLOW_TRACKING_PASSWORD="$MNISTFLOW_ADMIN_PASSWORD"' in from_env and "cat" not in from_env
+    assert 'MLFLOW_TRACKING_PASSWORD="$MNISTFLOW_ADMIN_PASSWORD"' in from_env and "admin-password" not in from_env
+    # tune's studies: the server's PostgreSQL, on its host at the next port, with a password of their own
+    assert 'MNISTFLOW_TUNE_STORAGE="postgresql+psycopg://optuna:$(cat .server/optuna-password)@127.0.0.1:5051/optuna"' \
+        in from_env
     generated = how_to_use("http://127.0.0.1:5050", Path(".server"), password_from_env=False)
     assert 'MLFLOW_TRACKING_PASSWORD="$(cat .server/admin-password)"' in generated

@@ -36,7 +36,8 @@ def test_the_project_params_are_valid():
     # A run records what params.yaml's text says, read here with yaml alone (not the config under test).
     for model in PARAMS["train"]["models"]:
         raw, params = PARAMS["train"][model], cfg.run_params(model)
-        expected = {**{k: v for k, v in raw.items() if k != "scheduler"}, "scheduler": raw["scheduler"]["name"],
+        expected = {**{k: v for k, v in raw.items() if k not in ("scheduler", "early_stop")},
+                    "scheduler": raw["scheduler"]["name"], "early_stop.patience": raw["early_stop"]["patience"],
                     "model": model, "dataset": PARAMS["data"]["dataset"], "seed": PARAMS["seed"],
                     "val_size": PARAMS["data"]["val_size"], "numerics": PARAMS["numerics"]["mode"]}
         assert {k: params[k] for k in expected} == expected
@@ -103,3 +104,37 @@ def test_missing_or_broken_params_file(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("tune.space", {"train.mlp.lrr": {"type": "float", "low": 0.1, "high": 0.2}},
+     "tune.space.train.mlp.lrr: 'train.mlp.lrr' is not a param in params.yaml"),
+    ("tune.space", {"train.mlp.lr": {"type": "float", "low": 0.2, "high": 0.1}},
+     "tune.space.train.mlp.lr: the range [0.2, 0.1] is empty or inverted; low must be below high"),
+    ("tune.space", {"train.mlp.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}},
+     "tune.space.train.mlp.lr: a log range needs low > 0 (it is 0)"),
+    ("tune.space", {"train.mlp.batch_size": {"type": "choice", "choices": [64, "big"]}},
+     "tune.space.train.mlp.batch_size: 'big' must be an integer >= 1"),
+    ("tune.space", {"train.mlp.epochs": {"type": "float", "low": 1.5, "high": 3}},
+     "tune.space.train.mlp.epochs: 1.5 must be an integer >= 1"),
+    ("tune.space", {"train.mlp.lr": {"low": 1, "high": 2}},
+     "tune.space.train.mlp.lr.type is missing; allowed: float, int, choice"),
+    ("tune.space", {"train.models": {"type": "choice", "choices": ["mlp"]}},
+     "tune.space.train.models: not a param a trial can vary"),
+    ("tune.space", {"train.mlp.lr": {"type": "choice", "choices": [[0.1]]}},
+     "tune.space.train.mlp.lr.choices: [[0.1]]: each choice must be one value (a number, true/false or text)"),
+    ("tune.space", {}, "tune.space: {} must be a non-empty list"),
+    ("tune.objective", "test_acc", "tune.objective: 'test_acc' is measured on a test set, which a search must never "
+                                   "see: use val_acc"),
+    ("tune.model", "vgg", "tune.model: 'vgg' has no train.vgg section"),
+    ("tune.set", {"train.mlp.lr": 0.1}, "tune.set.train.mlp.lr: also in tune.space; a param is searched or set, not both"),
+    ("tune.set", {"train.mlp.early_stop.patience": -1}, "tune.set.train.mlp.early_stop.patience: -1 is out of range; "
+                                                         "it must be >= 0"),
+    ("train.mlp.early_stop.min_delta", 1.5, "train.mlp.early_stop.min_delta: 1.5 is out of range; it must be >= 0.0 "
+                                             "and < 1.0"),
+])
+def test_a_bad_search_is_refused_naming_the_key(path, value, message):
+    """What `mnistflow tune` and check_params refuse before anything is queued."""
+    with pytest.raises(ConfigError) as err:
+        parse(with_change(path, value))
+    assert str(err.value) == message

@@ -62,7 +62,8 @@ def test_a_private_use_is_caught():
 ALLOWED = {
     ("mlflow", None), ("mlflow", "MlflowClient"), ("mlflow.data", None), ("mlflow.models", None), ("mlflow.exceptions", "MlflowException"),
     ("mlflow.models", "ModelSignature"), ("mlflow.pytorch", None),
-    *(("mlflow.entities", n) for n in ("Dataset", "DatasetInput", "InputTag", "Metric", "Param", "RunStatus")),
+    *(("mlflow.entities", n) for n in ("Dataset", "DatasetInput", "InputTag", "Metric", "Param", "RunStatus", "RunTag")),
+    ("dvc.api", None),
     *(("mlflow.types.schema", n) for n in ("ColSpec", "DataType", "Map", "Schema", "TensorSpec")),
 }
 # DVC's internals, in their one module only.

@@ -20,6 +20,7 @@ COMMANDS = {
     "exps": ("mnistflow.tools.exps:main", "which params gave which accuracy: one table per model"),
     "dag": ("mnistflow.tools.dag:main", "the pipeline's stages and what each runs after"),
     "compare-optimizers": ("mnistflow.tools.compare:main", "the tutorials' optimizer comparison as queued experiments"),
+    "tune": ("mnistflow.tools.tune:main", "hyperparameter search: each trial a DVC experiment, the study in MLflow"),
     "torchrun": ("mnistflow.train.distributed:main", "torchrun for several machines, failures in one line each"),
     "server": ("mnistflow.tools.server:main", "a team tracking server: start or stop"),
     "screenshots": ("mnistflow.tools.screenshots:main", "the docs' MLflow screenshots from the repo's store"),

@@ -89,6 +89,13 @@ SchedulerConfig = Annotated[Union[NoScheduler, StepScheduler, MultiStepScheduler
                                   CosineScheduler, PlateauScheduler], Field(discriminator="name")]
 
 
+class EarlyStop(Section):
+    """Stop once validation accuracy has not gained `min_delta` over its best for `patience`
+    epochs, keeping the best epoch's weights; patience 0: off (every epoch runs, the last kept)."""
+    patience: int = Field(0, ge=0)
+    min_delta: Number = Field(0.0, ge=0.0, lt=1.0)
+
+
 class ModelConfig(Section):
     optimizer: Literal["sgd", "adam", "adadelta", "adagrad", "rmsprop"]
     lr: Number = Field(gt=0.0)
@@ -99,10 +106,12 @@ class ModelConfig(Section):
     batch_size: int = Field(ge=1)
     # augmentation: random translation of each training image by up to this many pixels
     shift: int = Field(ge=0)
+    early_stop: EarlyStop = EarlyStop()
 
     def flat(self) -> dict[str, Any]:
-        return {**self.model_dump(exclude={"scheduler"}), "scheduler": self.scheduler.name,
-                **{f"scheduler.{k}": v for k, v in self.scheduler.settings.items()}}
+        return {**self.model_dump(exclude={"scheduler", "early_stop"}), "scheduler": self.scheduler.name,
+                **{f"scheduler.{k}": v for k, v in self.scheduler.settings.items()},
+                **{f"early_stop.{k}": v for k, v in self.early_stop.model_dump().items()}}
 
 
 class VariantConfig(Section):  # RandomCrop(crop) of each test image, then Resize back to its size
@@ -191,6 +200,53 @@ class VisualizeConfig(Section):
     dpi: int = Field(ge=20)  # resolution of the visualize stage's figures
 
 
+class FloatRange(Section):  # a number from [low, high], evenly or (log: true) on a log scale
+    type: Literal["float"]
+    low: Number
+    high: Number
+    log: bool = False
+
+
+class IntRange(Section):  # a whole number from low, low + step, ..., high
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+
+class Choice(Section):  # one of the values listed
+    type: Literal["choice"]
+    choices: Annotated[list[Any], _unless(lambda cs: any(isinstance(c, (list, dict)) or c is None for c in cs), lambda cs: (
+        f"{cs!r}: each choice must be one value (a number, true/false or text)"))] = Field(min_length=1)
+
+
+Dimension = Annotated[Union[FloatRange, IntRange, Choice], Field(discriminator="type")]
+
+
+class SamplerConfig(Section):
+    name: Literal["tpe", "random"]
+    seed: int = Field(0, ge=0)
+
+
+class TuneConfig(Section):
+    """The hyperparameter search (mnistflow.tools.tune): each trial a DVC experiment."""
+    model: str
+    trials: int = Field(ge=1)
+    jobs: int = Field(1, ge=1, le=64)  # DVC queue workers: trials at a time
+    sampler: SamplerConfig
+    # what a trial is judged on: its kept weights' validation accuracy (never a test set)
+    objective: Annotated[str, _unless(lambda o: o.startswith("test"), lambda o: (
+        f"{o!r} is measured on a test set, which a search must never see: use val_acc")),
+        _unless(lambda o: o != "val_acc", lambda o: f"{o!r} is not a validation metric; use val_acc")] = "val_acc"
+    # where the study lives (an Optuna storage URL); null: beside the MLflow store (sqlite)
+    storage: str | None = None
+    # each key a param's dotted path (train.mlp.lr), each value the range or choices it takes
+    space: dict[str, Dimension] = Field(min_length=1)
+    # params every trial sets alike (dotted path -> value), e.g. early stopping
+    set: dict[str, Union[bool, int, float, str]] = {}
+
+
 class Config(Section):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -199,6 +255,7 @@ class Config(Section):
     preprocess: PreprocessConfig
     train: TrainConfig
     visualize: VisualizeConfig
+    tune: TuneConfig | None = None
 
     @model_validator(mode="after")
     def _fits_the_data(self) -> Config:
@@ -214,7 +271,50 @@ class Config(Section):
             if variant.crop > min(height, width):
                 raise ValueError(f"preprocess.variants.{name}.crop: {variant.crop} is larger than {size}; "
                                  f"allowed 1..{min(height, width)}")
+        if self.tune is not None:
+            self._tunable()
         return self
+
+    def _tunable(self) -> None:
+        """Every key of tune.space a pipeline param, and every value it may take valid there."""
+        tune = self.tune
+        if getattr(self.train, tune.model, None) is None:
+            raise ValueError(f"tune.model: {tune.model!r} has no train.{tune.model} section")
+        raw = self.model_dump(exclude={"tune"})
+        for key, dim in tune.space.items():
+            if key.split(".")[0] == "tune" or key == "train.models":
+                raise ValueError(f"tune.space.{key}: not a param a trial can vary")
+            if not isinstance(dim, Choice) and dim.low >= dim.high:
+                raise ValueError(f"tune.space.{key}: the range [{dim.low:g}, {dim.high:g}] is empty or inverted; "
+                                 "low must be below high")
+            if not isinstance(dim, Choice) and dim.log and dim.low <= 0:
+                raise ValueError(f"tune.space.{key}: a log range needs low > 0 (it is {dim.low:g})")
+            values = dim.choices if isinstance(dim, Choice) else [dim.low, dim.high]
+            for value in values:
+                self._check_setting(raw, key, value, f"tune.space.{key}")
+        for key, value in tune.set.items():
+            if key in tune.space:
+                raise ValueError(f"tune.set.{key}: also in tune.space; a param is searched or set, not both")
+            self._check_setting(raw, key, value, f"tune.set.{key}")
+
+    @staticmethod
+    def _check_setting(raw: dict, key: str, value: Any, where: str) -> None:
+        """`key` (dotted) is a leaf of params.yaml and `value` valid for it, or ValueError naming `where`."""
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
+            raise ValueError(f"{where}: {key!r} is not a param in params.yaml")
+        node[leaf], old = value, node[leaf]
+        try:
+            parse_config(raw)
+        except ConfigError as exc:  # its words, about `where` rather than the key
+            said = str(exc)
+            raise ValueError(f"{where}:{said[len(key) + 1:]}" if said.startswith(f"{key}:")
+                             else f"{where}: {value!r} is not a valid {key}: {said}") from None
+        finally:
+            node[leaf] = old
 
     def model(self, name: str) -> ModelConfig:
         if not isinstance(section := getattr(self.train, name, None), ModelConfig):

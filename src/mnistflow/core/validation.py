@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from types import NoneType, UnionType
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,6 +17,8 @@ def _walk(cls: type, loc: tuple) -> tuple[str, Any, type | None, str | None]:
     keys: list[str] = []
     ann, owner, tag = cls, None, None
     for part in loc:
+        while get_origin(ann) is Annotated:  # a dict's or list's item type keeps its Field() here
+            ann = get_args(ann)[0]
         if get_origin(ann) in (Union, UnionType):
             members = [m for m in get_args(ann) if m is not NoneType]
             if len(members) > 1:
@@ -36,9 +38,9 @@ def _walk(cls: type, loc: tuple) -> tuple[str, Any, type | None, str | None]:
 
 
 def _options(ann: Any) -> list[str]:
-    """The values a Literal allows (also inside tuple[...], or a scheduler's name)."""
+    """The values a Literal allows (also inside tuple[...], or a tagged section's name or type)."""
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return _options(ann.model_fields["name"].annotation)
+        return _options(next(ann.model_fields[k].annotation for k in ("name", "type") if k in ann.model_fields))
     if get_origin(ann) is Literal:
         return [str(a) for a in get_args(ann)]
     return [o for a in get_args(ann) for o in _options(a)]
@@ -61,9 +63,10 @@ def _message(cls: type, error: dict) -> str:
                f"(allowed here: {', '.join(allowed)})"
     if kind in ("literal_error", "union_tag_invalid", "union_tag_not_found"):
         names = _options(ann)
+        tag_key = str(ctx.get("discriminator", "name")).strip("'")
         if kind == "union_tag_not_found":
-            return f"{key}.name is missing; allowed: {', '.join(names)}"
-        key, value = (f"{key}.name", ctx["tag"]) if kind == "union_tag_invalid" else (key, value)
+            return f"{key}.{tag_key} is missing; allowed: {', '.join(names)}"
+        key, value = (f"{key}.{tag_key}", ctx["tag"]) if kind == "union_tag_invalid" else (key, value)
         return f"{key}: unknown value {value!r}{_hint(value, names)} (allowed: {', '.join(names)})"
     if kind == "value_error":  # our validators' own words
         return f"{key}: {ctx['error']}" if key else str(ctx["error"])

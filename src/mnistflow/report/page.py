@@ -51,7 +51,7 @@ def facts_rows(cfg: Config, name: str, evals: dict, facts: dict) -> list[tuple[s
 
 
 def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, facts: dict, per_model: dict,
-               comparison: dict | None, fig_dir) -> str:
+               comparison: dict | None, study: dict | None, fig_dir) -> str:
     e = html.escape
     models = list(cfg.train.models)
 
@@ -64,4 +64,11 @@ def index_html(cfg: Config, classes: list[str], evals: dict, per_class: dict, fa
         evals=evals, classes=classes, per_class=per_class,
         per_class_cell=lambda v: "&ndash;" if v is None else f"{v:.3f}",  # None: no image of that class
         facts_rows={m: facts_rows(cfg, m, evals[m], facts[m]) for m in models}, figures=per_model,
-        comparison=comparison, img=img)
+        comparison=comparison, study=study and study_rows(study), img=img)
+
+
+def study_rows(study: dict, shown: int = 10) -> dict:
+    """The study's best trials, best first, for the page's table."""
+    done = sorted((t for t in study["trials"] if t["state"] == "COMPLETE"), key=lambda t: (-t["value"], t["trial"]))
+    keys = list(study["space"])
+    return {**study, "keys": keys, "rows": done[:shown], "complete": len(done)}

@@ -155,6 +155,28 @@ def optimizer_curves(result: dict) -> Figure:
     return fig
 
 
+def study_history(study: dict) -> Figure:
+    """A hyperparameter study: each completed trial's objective with the best so far, and the
+    objective against the first searched param (on a log scale where the search was)."""
+    done = sorted((t for t in study["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["trial"])
+    fig = Figure(figsize=(12, 4.5), layout="tight")
+    ax_history, ax_param = fig.subplots(1, 2)
+    values = [t["value"] for t in done]
+    ax_history.plot([t["trial"] for t in done], values, "o", label="trial")
+    ax_history.step([t["trial"] for t in done], np.maximum.accumulate(values), where="post", label="best so far")
+    ax_history.set_xlabel("trial")
+    ax_history.set_ylabel(study["objective"])
+    ax_history.legend()
+    key = next(iter(study["space"]))
+    ax_param.plot([t["params"][key] for t in done], values, "o")
+    if "log" in study["space"][key]:
+        ax_param.set_xscale("log")
+    ax_param.set_xlabel(key)
+    ax_param.set_ylabel(study["objective"])
+    fig.suptitle(f"{study['model']} on {study['dataset']}: study {study['study']}, {len(done)} trials")
+    return fig
+
+
 def feature_maps(image, kernel, output, pooled, title: str) -> Figure:
     """An input image, one first-layer filter (each (C,H,W) or (H,W)), its output and the
     max-pooled output."""

@@ -85,19 +85,20 @@ def read_reliability(path: Path) -> dict[str, list[dict]]:
     return bins
 
 
-def read_comparison(path: Path, dataset: str) -> dict | None:
-    """The optimizer comparison (`make compare-optimizers`), when there is one of this dataset."""
+def read_comparison(path: Path, dataset: str, key: str = "optimizers", made_by: str = "make compare-optimizers") -> dict | None:
+    """The optimizer comparison (`make compare-optimizers`), or with key "trials" the study
+    (`mnistflow tune`), when there is one of this dataset."""
     try:
         result = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); run `make compare-optimizers` again") from None
-    return result if result.get("dataset") == dataset and result.get("optimizers") else None
+        raise DataError(f"{path}: not valid JSON ({exc}); run `{made_by}` again") from None
+    return result if result.get("dataset") == dataset and result.get(key) else None
 
 
 def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, eval_dir: Path, confusion_dir: Path,
-              optimizers: Path, figures_dir: Path, history_path: Path, index_path: Path) -> None:
+              optimizers: Path, study_path: Path, figures_dir: Path, history_path: Path, index_path: Path) -> None:
     store = tracking.client()  # first: a tracking server that does not answer or refuses us is one line
     configure(cfg.numerics.mode, cfg.numerics.threads)
     classes, shape = read_classes(data_dir), cfg.data.image_shape
@@ -117,6 +118,9 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     comparison = read_comparison(optimizers, cfg.data.dataset)
     if comparison:
         shared["optimizers.png"] = plots.optimizer_curves(comparison)
+    study = read_comparison(study_path, cfg.data.dataset, "trials", "mnistflow tune")
+    if study:
+        shared["study.png"] = plots.study_history(study)
     per_model, facts = {}, {}
     for name in cfg.train.models:
         state = load_torch(models_dir / f"{name}.pt")
@@ -147,7 +151,7 @@ def visualize(cfg: Config, data_dir: Path, models_dir: Path, train_dir: Path, ev
     # Only what the inputs fix goes on the page (no run ids, ports, times or commits): it is a DVC
     # output like any other, byte-identical when reproduced. Its MLflow links are resolved when
     # it is viewed, from ui.LINKS_FILE beside it (written below and by `make ui`).
-    page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison,
+    page = index_html(cfg, classes, evals, per_class, facts, per_model, comparison, study,
                       os.path.relpath(figures_dir, index_path.parent))
     write_bytes(index_path, page.encode())
     for name, figs in per_model.items():  # each model's figures, in the run that trained it

@@ -63,13 +63,18 @@ def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 *
     for name, args in experiments.items():
         dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
         dvc("exp", "run", "--queue", "-n", name, *args)
-    dvc("queue", "start", "-j", str(jobs))
     print(f"queued {len(experiments)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
+    return drain(experiments, jobs, timeout)
+
+
+def drain(names, jobs: int, timeout: float = 6 * 3600) -> list[str]:
+    """Run the queue on `jobs` workers until the named experiments are done; the names that failed."""
+    dvc("queue", "start", "-j", str(jobs))
     deadline = time.monotonic() + timeout
     try:
         while True:
-            states = queue_states(experiments)
-            if len(states) == len(experiments) and not any(s in ("queued", "running") for s in states.values()):
+            states = queue_states(names)
+            if len(states) == len(names) and not any(s in ("queued", "running") for s in states.values()):
                 break
             if time.monotonic() > deadline:
                 raise MnistflowError(f"the queue did not drain in {timeout:.0f} s: {states}")

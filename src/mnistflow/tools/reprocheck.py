@@ -34,7 +34,7 @@ def shrink(params: dict, mirror: Path, models: list[str] | None = None, epochs: 
 
 # What a clean clone holds that the pipeline needs.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
-                 "reports/optimizers.json", "stages", "src"]
+                 "reports/optimizers.json", "reports/study.json", "stages", "src"]
 
 
 def copy_pipeline(root: Path, dest: Path) -> Path:

@@ -9,7 +9,10 @@ The admin password comes from MNISTFLOW_ADMIN_PASSWORD, else from <dir>/admin-pa
 `start` generates (mode 600) the first time; there is no default. Artifacts go to
 <dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). A checked password is cached for
 MNISTFLOW_AUTH_CACHE_SECONDS (60; 0: MLflow's default, a hash check per request). PostgreSQL listens on a Unix socket
-in <dir>/run only (no TCP), reachable by its owner alone.
+in <dir>/run, reachable by its owner alone, and on TCP at the server's host and port + 1 for one
+database only: `optuna`, where `mnistflow tune` keeps its studies, for the role `optuna` with the
+password in <dir>/optuna-password (generated, mode 600), so tune processes on any machine that
+reaches the server fill one study (docs/search.md).
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from pathlib import Path
 
 from mnistflow.core.errors import MnistflowError, run_stage
 from mnistflow.cli import Parser
+
+STUDY_STORAGE = "MNISTFLOW_TUNE_STORAGE"  # the Optuna storage URL `mnistflow tune` uses, over tune.storage
 
 ADMIN = "admin"
 
@@ -95,6 +100,14 @@ def admin_password(folder: Path) -> str:
     return os.environ.get("MNISTFLOW_ADMIN_PASSWORD") or _secret(folder / "admin-password")
 
 
+# Who may connect: the owner through the socket (mode 700), and over TCP only the study database's role.
+PG_HBA = "local all all trust\nhost optuna optuna all scram-sha-256\n"
+
+
+def study_port(port: int) -> int:
+    return port + 1
+
+
 def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
     folder = folder.resolve()
     if (folder / "mlflow.pid").exists():
@@ -112,21 +125,26 @@ def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
             shutil.chown(path, user)
     if not (data / "PG_VERSION").exists():
         _as(user, pg / "initdb", "-D", data, "-A", "trust", "-U", "mlflow", "--no-instructions")
+    _as(user, "tee", data / "pg_hba.conf", input=PG_HBA)  # initdb's trusts every local TCP user
+    pg_port = str(study_port(port))
     # A cluster still running (the MLflow server alone died or was stopped): start the server only.
     status = [str(pg / "pg_ctl"), "-D", str(data), "status"]
     if subprocess.run(["runuser", "-u", user, "--", *status] if user else status, capture_output=True).returncode != 0:
         _as(user, pg / "pg_ctl", "-D", data, "-l", data / "server.log", "-w", "start",
-            "-o", f"-c listen_addresses='' -c unix_socket_directories='{run}' -c unix_socket_permissions=0700")
-    for db in ("mlflow", "mlflow_auth"):
-        exists = _as(user, pg / "psql", "-h", run, "-U", "mlflow", "-d", "postgres", "-tAc",
-                     f"select 1 from pg_database where datname = '{db}'").stdout.strip()
-        if not exists:
-            _as(user, pg / "createdb", "-h", run, "-U", "mlflow", db)
-    store = f"postgresql+psycopg://mlflow@/mlflow?host={run}"
+            "-o", f"-c listen_addresses='{host}' -c port={pg_port} -c unix_socket_directories='{run}' "
+                  "-c unix_socket_permissions=0700 -c password_encryption=scram-sha-256")
+    sql = [pg / "psql", "-h", run, "-p", pg_port, "-U", "mlflow", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc"]
+    for db in ("mlflow", "mlflow_auth", "optuna"):
+        if not _as(user, *sql, f"select 1 from pg_database where datname = '{db}'").stdout.strip():
+            _as(user, pg / "createdb", "-h", run, "-p", pg_port, "-U", "mlflow", db)
+    verb = "alter" if _as(user, *sql, "select 1 from pg_roles where rolname = 'optuna'").stdout.strip() else "create"
+    _as(user, *sql, f"{verb} role optuna login password '{_secret(folder / 'optuna-password')}'")
+    _as(user, *sql, "alter database optuna owner to optuna")
+    store = f"postgresql+psycopg://mlflow@/mlflow?host={run}&port={pg_port}"
     auth = folder / "basic_auth.ini"
     fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = postgresql+psycopg://mlflow@/mlflow_auth?host={run}\n"
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = postgresql+psycopg://mlflow@/mlflow_auth?host={run}&port={pg_port}\n"
                 f"admin_username = {ADMIN}\nadmin_password = {admin_password(folder)}\n"
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                 # A password check is a deliberately slow hash (scrypt, ~0.1 s of CPU): off, every
@@ -182,8 +200,12 @@ def how_to_use(url: str, folder: Path, password_from_env: bool) -> str:
     """The lines `start` prints: the password named where it is (the variable, else the file)."""
     source = "MNISTFLOW_ADMIN_PASSWORD" if password_from_env else folder / "admin-password"
     password = '"$MNISTFLOW_ADMIN_PASSWORD"' if password_from_env else f'"$(cat {folder / "admin-password"})"'
+    host, _, port = url.removeprefix("http://").rpartition(":")
     return (f"MLflow server at {url} (admin password: {source}). To use it:\n"
-            f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} MLFLOW_TRACKING_PASSWORD={password}")
+            f"  export MLFLOW_TRACKING_URI={url} MLFLOW_TRACKING_USERNAME={ADMIN} MLFLOW_TRACKING_PASSWORD={password}\n"
+            "and for `mnistflow tune`, its studies in the server's PostgreSQL:\n"
+            f"  export {STUDY_STORAGE}=\"postgresql+psycopg://optuna:$(cat {folder / 'optuna-password'})@{host}:"
+            f"{study_port(int(port))}/optuna\"")
 
 
 def main(argv: list[str] | None = None, prog: str = "mnistflow server") -> None:

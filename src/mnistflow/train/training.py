@@ -20,7 +20,7 @@ from mnistflow.train import distributed
 from mnistflow.tracking import lineage
 from mnistflow.core import numerics
 from mnistflow import tracking
-from mnistflow.core.config import Config, ModelConfig
+from mnistflow.core.config import Config, EarlyStop, ModelConfig
 from mnistflow.core.device import autocast, configure, fast_layout, select_device, set_determinism, uses_bf16
 from mnistflow.core.errors import MnistflowError
 from mnistflow.models.inference import Normalizer, predict
@@ -59,6 +59,21 @@ def evaluate_loss_acc(model: nn.Module, split: Split, norm: Normalizer, amp: boo
     return loss, (preds == split.labels).sum().item() / len(split)
 
 
+def best_epoch(history: list[EpochResult], rule: EarlyStop) -> int:
+    """The epoch whose weights early stopping keeps: the first to beat every earlier one's
+    val_acc by more than `min_delta`, starting from epoch 1."""
+    best = history[0]
+    for r in history[1:]:
+        if r.val_acc > best.val_acc + rule.min_delta:
+            best = r
+    return best.epoch
+
+
+def stops_after(history: list[EpochResult], rule: EarlyStop) -> bool:
+    """Early stopping's verdict after these epochs: `patience` epochs without a gain."""
+    return rule.patience > 0 and bool(history) and history[-1].epoch - best_epoch(history, rule) >= rule.patience
+
+
 def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Normalizer, *,
         seed: int, amp: bool = False, name: str = "model",
         on_epoch: Callable[[EpochResult], None] = lambda r: None,
@@ -67,7 +82,9 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
     """Train `model` in place on splits already on the device; return per-epoch results.
 
     `save_state` gets the full training state after every epoch; `resume` is such a state to
-    continue from. Every epoch draws from its own generator seeded by (seed, epoch), so a
+    continue from. With `cfg.early_stop` on, training stops `patience` epochs after the best
+    one and the model ends holding the best epoch's weights (kept in the state too, so a
+    resumed run stops at the same epoch with the same weights). Every epoch draws from its own generator seeded by (seed, epoch), so a
     resumed run ends with the same weights as an uninterrupted one. In a `world` of N
     processes, each takes the N-th part of every batch that one process would take.
     """
@@ -75,16 +92,20 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     show_bar = sys.stderr.isatty()
-    history = []
+    history, best = [], None  # best: the best epoch's weights, when early stopping is on
+    rule = cfg.early_stop
     if resume:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler"])
         history = [EpochResult(**row) for row in resume["history"]]
+        best = resume.get("best_model")
         log.info("%s: resuming after epoch %d of %d from a checkpoint", name, len(history), cfg.epochs)
     net = DistributedDataParallel(model) if world.size > 1 else model  # all-reduces the gradients
     for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stops_after(history, rule):
+            break
         model.train()
         start = time.perf_counter()
         # A generator per epoch, seeded from (seed, epoch): the order does not depend on what ran before.
@@ -138,14 +159,20 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: ModelConfig, norm: Norm
             images_per_second=round(len(train) / seconds, 1),
         )
         history.append(result)
+        if rule.patience and best_epoch(history, rule) == epoch:
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         save_state({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "history": [asdict(r) for r in history]})
+                    "history": [asdict(r) for r in history], "best_model": best})
         on_epoch(result)
         # Last: once this line is out, the epoch is saved and logged (the fault tests wait on it).
         log.info("%s epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f "
                  "lr %.3g %.2fs (%.0f img/s), validation %.2fs", name, epoch, cfg.epochs, result.train_loss,
                  result.train_acc, result.val_loss, result.val_acc, lr, seconds, result.images_per_second, val_seconds)
+    if best is not None and best_epoch(history, rule) != history[-1].epoch:
+        model.load_state_dict(best)
+        log.info("%s: stopped after epoch %d, keeping epoch %d's weights (val_acc %.4f)", name, history[-1].epoch,
+                 best_epoch(history, rule), history[best_epoch(history, rule) - 1].val_acc)
     return history
 
 
@@ -204,10 +231,12 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
                           save_state=lambda state: checkpoint.save({**state, "run_id": run.run_id}), world=world)
         model.to(memory_format=torch.contiguous_format)  # the saved and logged weights: the usual layout
         save_torch(weights_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-        last = history[-1]
-        write_json(metrics_path, {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
+        kept = history[best_epoch(history, model_cfg.early_stop) - 1] if model_cfg.early_stop.patience else history[-1]
+        stopping = {"best_epoch": kept.epoch, "stopped_epoch": history[-1].epoch} if model_cfg.early_stop.patience else {}
+        write_json(metrics_path, {**{k: getattr(kept, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+                                  **stopping})  # the kept weights' values
         write_csv(history_path, [r.row() for r in history])
-        run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3)})
+        run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3), **stopping})
         run.log_params_file(Path("params.yaml"))
         # Two real held-out images as the served model's input example (train must not read test).
         run.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
