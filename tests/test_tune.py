@@ -82,6 +82,7 @@ def test_a_study_runs_each_trial_as_a_dvc_experiment_and_a_child_run_in_mlflow(p
         trial = study.trials[int(kid.data.tags["mnistflow.trial"])]
         assert float(kid.data.params["lr"]) == pytest.approx(trial.params["train.mlp.lr"])
         assert kid.data.params["early_stop.patience"] == "1" and "best_epoch" in kid.data.metrics
+        assert kid.data.metrics["kept_val_acc"] == trial.value  # the objective, in the view's first column
     assert parent.data.params["space.train.mlp.lr"] == "float [0.0005, 0.02] log"
     table = json.loads((project / "reports/study.json").read_text())  # for the report page, in git
     assert table["study"] == "s1" and len(table["trials"]) == TRIALS and table["dataset"] == "mnist"

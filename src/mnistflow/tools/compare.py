@@ -63,7 +63,8 @@ def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 *
     for name, args in experiments.items():
         dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
         dvc("exp", "run", "--queue", "-n", name, *args)
-    print(f"queued {len(experiments)} experiments on {jobs} worker(s); `dvc queue status` shows them", flush=True)
+    print(f"queued {len(experiments)} experiment{'' if len(experiments) == 1 else 's'} on {jobs} worker(s); "
+          "`dvc queue status` shows them", flush=True)
     return drain(experiments, jobs, timeout)
 
 
@@ -79,8 +80,13 @@ def drain(names, jobs: int, timeout: float = 6 * 3600) -> list[str]:
             if time.monotonic() > deadline:
                 raise MnistflowError(f"the queue did not drain in {timeout:.0f} s: {states}")
             time.sleep(3)
-    finally:  # never leave workers behind, on an error or Ctrl-C either
-        dvc("queue", "stop", "--kill", check=False)
+    finally:  # never leave workers behind, on an error, Ctrl-C or SIGTERM either
+        for _ in range(3):  # DVC may still hold its lock from an interrupted `exp show`: ask again
+            if dvc("queue", "stop", "--kill", check=False).returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            print("could not stop DVC's queue workers: run `dvc queue stop --kill`", file=sys.stderr)
     return [name for name, state in states.items() if state == "failed"]
 
 

@@ -6,6 +6,7 @@ The browser tests drive the UI with the same helpers.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,8 @@ from typing import Iterator
 
 from mnistflow.core.errors import MnistflowError
 from mnistflow.cli import Parser
+
+STUDY_TABLE = Path("reports/study.json")  # the study the report page shows (mnistflow tune)
 
 WIDTH, HEIGHT = 1600, 1000  # a laptop's browser window
 
@@ -121,6 +124,12 @@ def take(out: Path, dataset: str) -> list[Path]:
                            ("mlflow-charts.png", ui.runs_url(exp.experiment_id, charts=True))):
             open_runs(page, link.replace(ui.ui_url(), url))
             shots.append(save(page, out / name))
+        studies = sorted(k.removeprefix(ui.VIEW_PREFIX) for k in exp.tags if k.startswith(ui.VIEW_PREFIX + ui.STUDY_VIEW))
+        if studies:  # the study that reports/study.json shows, else the last by name
+            shown = ui.STUDY_VIEW + str((json.loads(STUDY_TABLE.read_text()) if STUDY_TABLE.exists() else {}).get("study"))
+            open_runs(page, ui.runs_url(exp.experiment_id, shown if shown in studies else studies[-1]).replace(
+                ui.ui_url(), url))
+            shots.append(save(page, out / "mlflow-study.png"))
         model = f"{dataset}-cnn"
         page.goto(f"{url}/#/models/{model}?{ui.TRAINING_LAYOUT}")
         page.wait_for_selector("text=champion", timeout=60_000)  # the versions table, with the aliases

@@ -313,7 +313,7 @@ def write_table(path: Path, summary: dict) -> None:
     write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
 
 
-def summarize(cfg: Config, study, parent: str) -> Path:
+def summarize(cfg: Config, study, parent: str) -> dict:
     """The study's table and figures: reports/tune/<study>/, reports/study.json (in git: the
     report page draws it), and the study's run in MLflow."""
     summary = table(cfg, study)
@@ -322,12 +322,18 @@ def summarize(cfg: Config, study, parent: str) -> Path:
     for path in (out / "study.json", STUDY):
         write_table(path, summary)
     complete, best = [t for t in summary["trials"] if t["state"] == "COMPLETE"], summary["best"]
+    from mnistflow.tracking import ui
+
+    # The view's columns: each searched param as a training run records it (train.mlp.lr -> lr).
+    prefix = f"train.{cfg.tune.model}."
+    summary["view"] = ui.install_study(tracking.client(), cfg.data.dataset, study.study_name, parent,
+                                       [k.removeprefix(prefix) for k in cfg.tune.space])
     figures = draw(study, out) if len(complete) >= 2 else []
     metrics = {f"best_{cfg.tune.objective}": best["value"], "completed_trials": len(complete)} if best else {}
     tags = {"best_trial": best["trial"], "best_dvc_exp": best["dvc_exp"],
             **{f"best.{k}": v for k, v in best["params"].items()}} if best else {}
     studies.record(parent, metrics, tags, [out / "study.json", *figures])
-    return out
+    return summary
 
 
 def draw(study, out: Path) -> list[Path]:
@@ -392,19 +398,22 @@ def main(argv: list[str] | None = None, prog: str = "mnistflow tune") -> None:
     if best:
         apply_best(cfg, study)
         return
+    if cfg.tune.jobs * cfg.numerics.threads > (os.cpu_count() or 1):
+        print(f"note: {cfg.tune.jobs} trials at a time x numerics.threads {cfg.numerics.threads} is more threads than "
+              f"this machine's {os.cpu_count()} cores: trials slow each other down (docs/search.md)", flush=True)
     parent = study_run(cfg, study)
     recover(study, cfg, parent)
     started = time.monotonic()
     search(cfg, study, parent, timeout)
-    out = summarize(cfg, study, parent)
+    summary = summarize(cfg, study, parent)
     done, busy = counts(study)
-    summary = json.loads((out / "study.json").read_text())
     print(f"study {name}: {done} of {cfg.tune.trials} trials complete"
           + (f", {busy} still running elsewhere" if busy else "") + f" ({time.monotonic() - started:.0f} s here)")
     if summary["best"]:
         b = summary["best"]
         print(f"best: trial {b['trial']} ({b['dvc_exp']}), {cfg.tune.objective} {b['value']:.4f}, {b['params']}")
-        print(f"`mnistflow tune --apply-best --study {name}` makes it the workspace; {out}/ holds the figures")
+        print(f"`mnistflow tune --apply-best --study {name}` makes it the workspace; {REPORTS / name}/ holds the figures")
+    print(f"in MLflow (`make ui`): {summary['view']}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ def print_links(names: list[str] | None = None) -> None:
                   "what varied and what made it, newest first")
             print(f"{name} charts: {ui.runs_url(exp_id, charts=True)}\n  the same runs as charts: test accuracy "
                   "per run, and the settings that varied against it")
+            tags = client.get_experiment_by_name(name).tags
+            for key in sorted(k.removeprefix(ui.VIEW_PREFIX) for k in tags if k.startswith(ui.VIEW_PREFIX + ui.STUDY_VIEW)):
+                print(f"{name} study {key.removeprefix(ui.STUDY_VIEW)}: {ui.runs_url(exp_id, key)}\n  a hyperparameter "
+                      "study (mnistflow tune): its run and its trials' training runs, best validation accuracy first")
     if (repo_root() / "reports" / "index.html").exists():
         ui.write_links(client, repo_root() / "reports")
     print(ui.HOME_PAGE_HINT, flush=True)

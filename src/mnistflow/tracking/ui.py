@@ -92,6 +92,22 @@ def install(client, name: str) -> str | None:
     return exp.experiment_id
 
 
+STUDY_VIEW = "mnistflow-study-"  # + the study's name: the runs of one hyperparameter study
+
+
+def install_study(client, experiment: str, study: str, parent: str, params: list[str]) -> str:
+    """A saved view of one study's runs (its own, `parent`, unfolded to its trials' training
+    runs), best validation accuracy first, with the params it searched; the link that opens it."""
+    exp = client.get_experiment_by_name(experiment)
+    key = STUDY_VIEW + study
+    state = {"searchFilter": f"tags.`mnistflow.study` = '{study}'", "orderByKey": "metrics.`kept_val_acc`",
+             "orderByAsc": False, "runsExpanded": {parent: True}, "selectedColumns": [
+                 *(f"metrics.`{m}`" for m in ("kept_val_acc", "best_epoch", "stopped_epoch", "test_acc")),
+                 *(f"params.`{p}`" for p in params), "tags.`mnistflow.trial`", "tags.`dvc_exp_name`"]}
+    set_view(client, exp, key, f"mnistflow: study {study}", state)
+    return runs_url(exp.experiment_id, key)
+
+
 def colour_runs(client, exp_id: str) -> None:
     """A colour of its own for each run without one, by the order the runs started, so the
     latest ten runs differ in every chart (the UI's own choice repeats within three runs). A run

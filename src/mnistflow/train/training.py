@@ -236,7 +236,9 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
         write_json(metrics_path, {**{k: getattr(kept, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
                                   **stopping})  # the kept weights' values
         write_csv(history_path, [r.row() for r in history])
-        run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3), **stopping})
+        # kept_val_acc: the saved weights' (the best epoch's under early stopping; val_acc is the last epoch's)
+        run.log_metrics({"train_seconds": round(sum(r.seconds for r in history), 3), "kept_val_acc": kept.val_acc,
+                         **stopping})
         run.log_params_file(Path("params.yaml"))
         # Two real held-out images as the served model's input example (train must not read test).
         run.log_model(model, weights_path, tracking.model_name(dataset, name), mean=norm.mean, std=norm.std,
