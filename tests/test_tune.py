@@ -179,7 +179,10 @@ def test_two_clones_fill_one_study_on_the_team_server_with_no_trial_run_twice(pr
         clones = [tmp_path / f"clone{i}" for i in (1, 2)]
         for clone in clones:  # with the baseline's outputs and DVC cache, as after `dvc pull`
             shutil.copytree(project, clone, symlinks=True, ignore=shutil.ignore_patterns("tmp", "mlruns"))
-        cmd = [sys.executable, "-m", "mnistflow.cli", "tune", "--trials", "5", "--jobs", "1", "--study", "team"]
+        # 3 epochs: params of their own, so that no trial is answered from the run-cache the clones
+        # share with this module's other studies (its weights' run would be in the local store)
+        cmd = [sys.executable, "-m", "mnistflow.cli", "tune", "--trials", "5", "--jobs", "1", "--study", "team",
+               "-S", "train.mlp.epochs=3"]
         procs = [subprocess.Popen(cmd, cwd=clone, env=team, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for clone in clones]
         outs = [p.communicate(timeout=900)[0] for p in procs]

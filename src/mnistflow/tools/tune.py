@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import time
+import zlib
 from pathlib import Path
 
 import yaml
@@ -114,12 +115,13 @@ def open_study(cfg: Config, name: str):
         return optuna.load_study(study_name=name, storage=storage)
 
 
-def sampler(cfg: Config, number: int):
-    """The sampler for trial `number`: seeded from (tune.sampler.seed, number), so a study draws
-    the same params whichever process asks, and two processes asking at once draw different ones."""
+def sampler(cfg: Config, study: str, number: int):
+    """The sampler for trial `number` of `study`: seeded from (tune.sampler.seed, the study's
+    name, number), so a study draws the same params whichever process asks, two processes asking
+    at once draw different ones, and another study explores afresh."""
     import optuna
 
-    seed = cfg.tune.sampler.seed * 100_003 + number
+    seed = (cfg.tune.sampler.seed * 100_003 + zlib.crc32(study.encode()) + number) % 2**32
     if cfg.tune.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # a running trial counts as a poor one
@@ -253,7 +255,7 @@ def ask(study, cfg: Config):
         return None
     trial = study.ask()
     trial.set_user_attr("owner", owner())
-    study.sampler = sampler(cfg, trial.number)
+    study.sampler = sampler(cfg, study.study_name, trial.number)
     suggest(trial, cfg)
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
              and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)]
