@@ -149,14 +149,15 @@ pull: venv
 lock-check: venv
 	$(BIN)/mnistflow lock-check
 
-# Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
+# Two workers, one test file each at a time (a file's module fixtures are built once); the
+# slowest tests are listed at the end: where the time goes.
 test: setup test-tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" --durations=15
 
-# The slow tests: the team-server load test, the numerics under emulated CPUs, the optimizer
-# comparison and the extra models; tens of minutes; CI runs it after make test.
+# The slow tests: the load tests, the numerics under emulated CPUs, the searches and queued
+# comparisons, the scale-out faults; about a quarter of an hour; CI runs it after make test.
 test-slow: setup test-tools
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m slow --durations=15
 
 # The unit tests alone (no end-to-end pipeline runs): well under a minute.
 test-fast: venv

@@ -1,13 +1,15 @@
 """Shared fixtures: tiny learnable IDX datasets and a copy of the project in a temp git repo.
 
-What every end-to-end project starts with is paid once per test process (`template`): the
-project in a git repo after `dvc repro preprocess` (its DVC cache and run-cache too), and an
-empty MLflow store whose schema MLflow has migrated (about 10 s for each fresh mlflow.db).
-`make_project` copies it; a project's first `dvc repro` then starts at check_params (its params
-differ) and trains, with download and preprocess up to date."""
+What every end-to-end project starts with is paid once per test run, whichever xdist worker asks
+first (`built_once`): the tiny data, an empty MLflow store whose schema MLflow has migrated (about
+10 s for each fresh mlflow.db), the project in a git repo after `dvc repro preprocess` (its DVC
+cache and run-cache too: `template`), and the same after a whole `dvc repro` (`trained`).
+`make_project` copies one of them; a copy of the template's first `dvc repro` then starts at
+check_params (its params differ) and trains, with download and preprocess up to date."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -18,17 +20,34 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from mnistflow.tools.reprocheck import copy_pipeline, shrink, user_env
+from mnistflow.tracking import relocate_store
 from mnistflow.data.synthetic import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(path)` once for the whole test run, by the first xdist worker to ask; the others
+    wait for it and share what it built (which nobody may change: tests copy it)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's folder, above each worker's own
+    path, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_mirror(tmp_path_factory) -> Path:
-    return write_idx(tmp_path_factory.mktemp("mirror") / "mnist")
+    return built_once(tmp_path_factory, "mirror", lambda path: write_idx(path / "mnist")) / "mnist"
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
@@ -54,27 +73,42 @@ def pipeline_env() -> dict:
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory) -> Path:
     """An empty MLflow store whose schema MLflow has migrated: copy it where a test needs a store."""
-    from mlflow import MlflowClient
+    def build(path: Path) -> None:
+        from mlflow import MlflowClient
 
-    db = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()  # runs the migrations
-    return db
+        path.mkdir()
+        MlflowClient(f"sqlite:///{path / 'mlflow.db'}").search_experiments()  # runs the migrations
+    return built_once(tmp_path_factory, "store", build) / "mlflow.db"
 
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory, tiny_mirror, migrated_db) -> Path:
     """The project on the tiny data after `dvc repro preprocess`, with a migrated empty store."""
-    project = new_project(tmp_path_factory.mktemp("template") / "project", tiny_mirror)
-    run([sys.executable, "-m", "dvc", "repro", "preprocess"], project, pipeline_env())
-    (project / "mlruns").mkdir()
-    shutil.copy(migrated_db, project / "mlruns" / "mlflow.db")
-    return project  # dvc.lock untracked, as in a fresh clone before its first repro
+    def build(project: Path) -> None:
+        new_project(project, tiny_mirror)
+        run([sys.executable, "-m", "dvc", "repro", "preprocess"], project, pipeline_env())
+        (project / "mlruns").mkdir()
+        shutil.copy(migrated_db, project / "mlruns" / "mlflow.db")
+    return built_once(tmp_path_factory, "template", build)  # dvc.lock untracked, as in a fresh clone
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, template) -> tuple[Path, str]:
+    """The template after a whole `dvc repro` (mlp trained 2 epochs; dvc.lock uncommitted), and
+    what that `dvc repro` printed: copy it with `make_project(dest, trained[0])`."""
+    def build(project: Path) -> None:
+        make_project(project, template, mlp={"epochs": 2})
+        out = run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env()).stdout
+        (project.parent / "trained.out").write_text(out)
+    project = built_once(tmp_path_factory, "trained", build)
+    return project, (project.parent / "trained.out").read_text()
 
 
 def make_project(dest: Path, template: Path, **train_overrides) -> Path:
-    """A copy of `template` in `dest` (its git repo, DVC cache and MLflow store), with these
-    settings per model: `make_project(dest, template, mlp={"epochs": 2})`."""
+    """A copy of `template` (or `trained`) in `dest` (its git repo, DVC cache and MLflow store,
+    repointed here), with these settings per model: `make_project(dest, template, mlp={"epochs": 2})`."""
     shutil.copytree(template, dest, symlinks=True, dirs_exist_ok=True)
+    relocate_store(dest / "mlruns" / "mlflow.db")  # as our next stage would; tests read it first
     if train_overrides:
         params = yaml.safe_load((dest / "params.yaml").read_text())
         for key, value in train_overrides.items():

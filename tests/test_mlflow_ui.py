@@ -32,10 +32,9 @@ EXPERIMENTS = {"lr-a": "0.002", "lr-b": "0.004"}  # two DVC experiments on the s
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, template):
-    project = make_project(tmp_path_factory.mktemp("ui"), template, mlp={"epochs": 2})
+def project(tmp_path_factory, trained):
+    project = make_project(tmp_path_factory.mktemp("ui"), trained[0])  # after its first `dvc repro`
     add_make(project)  # `make ui` and `make serve` as a user runs them
-    run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env())
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "baseline"], project, pipeline_env())
     for name, lr in EXPERIMENTS.items():

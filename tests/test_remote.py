@@ -33,13 +33,12 @@ def env_with_src(repo) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory, template):
+def pushed(tmp_path_factory, trained):
     """A project whose pipeline ran, dvc.lock committed, every output pushed to a local remote."""
     root = tmp_path_factory.mktemp("remote")
-    first = make_project(root / "first", template)
+    first = make_project(root / "first", trained[0])
     remote = root / "dvc-remote"
     dvc(first, "remote", "modify", "--local", "local", "url", str(remote))
-    dvc(first, "repro")
     run(["git", "add", "dvc.lock"], first)
     run(["git", "commit", "-q", "-m", "baseline"], first, pipeline_env())
     dvc(first, "push")
