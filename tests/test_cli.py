@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 
 EXPECTED = {"ui", "links", "serve", "lineage", "restore", "exps", "dag", "compare-optimizers", "server",
-            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources", "tune"}
+            "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources", "tune",
+            "diff-report", "repro-gate"}
 
 
 def mnistflow(*args: str) -> subprocess.CompletedProcess:

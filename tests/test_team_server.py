@@ -149,3 +149,10 @@ def test_concurrent_promoters_leave_the_best_version_champion_whatever_their_ord
         t.join(timeout=120)
     assert not failures
     assert client.get_model_version_by_alias(name, "champion").version == "3"
+
+    # The pull-request report links each model's weights to the run that trained them, on the server.
+    report = run([sys.executable, "-m", "mnistflow.cli", "diff-report", "HEAD", "--out", str(tmp_path / "report")],
+                 project, {**env, "MLFLOW_TRACKING_PASSWORD": password, "PYTHONPATH": str(ROOT / "src")}).stdout
+    for model, r in by_name.items():
+        (row,) = [line for line in report.splitlines() if line.startswith(f"| {model} | `")]
+        assert f"[run]({url}/#/experiments/{experiment['experiment_id']}/runs/{r['info']['run_id']}?" in row, row

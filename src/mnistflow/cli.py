@@ -25,6 +25,8 @@ COMMANDS = {
     "server": ("mnistflow.tools.server:main", "a team tracking server: start or stop"),
     "screenshots": ("mnistflow.tools.screenshots:main", "the docs' MLflow screenshots from the repo's store"),
     "sources": ("mnistflow.tools.sources:main", "re-read your images (dataset: folder) before `dvc repro`"),
+    "diff-report": ("mnistflow.tools.diffreport:main", "what a change did to the models, against main: Markdown for a pull request"),
+    "repro-gate": ("mnistflow.tools.gate:main", "after dvc repro in CI: is dvc.lock the committed one? names what differs"),
     "lock-check": ("mnistflow.tools.lockcheck:main", "does dvc.lock record the committed code and params?"),
     "repro-check": ("mnistflow.tools.reprocheck:main", "the pipeline twice from empty caches: do the outputs agree?"),
     "numcheck": ("mnistflow.tools.numcheck:main", "the default models' weights natively or on an emulated CPU"),
