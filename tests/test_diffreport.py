@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, add_make, commit, make_project, pipeline_env, run, set_params
-from mnistflow.tools.diffreport import changed_stages, weights
+from mnistflow.tools.diffreport import changed_stages, weights, without_images
 from mnistflow.tools.gate import differences
 
 GITHUB = ROOT / ".github/workflows/pipeline.yml"
@@ -32,6 +32,8 @@ def test_the_stages_whose_lock_entry_differs_are_those_that_re_ran_and_the_gate_
     assert changed_stages(head, LOCK) == ["train@mlp", "visualize"]  # a stage gone counts too
     assert changed_stages(LOCK, LOCK) == [] and differences(LOCK, LOCK) == []
     assert weights(LOCK) == {"mlp": "aa", "cnn": "bb"}
+    assert without_images("**Validation loss**\n\n![Validation loss](validation_loss.png)\n") == \
+        "**Validation loss**\n\n`validation_loss.png` (in the `diff-report` artifact)\n"
     assert differences(LOCK, head) == ["train@mlp: models/mlp.pt: committed aa, computed here cc",
                                        "visualize: not in the committed dvc.lock"]
     assert differences(LOCK, {**LOCK, "train@cnn": {**LOCK["train@cnn"], "cmd": "train cnn --fast"}}) == [
@@ -61,7 +63,8 @@ def github_steps() -> list[dict]:
 def wanted(condition: str, outcomes: dict, failed: bool) -> bool:
     """GitHub's `if:` for the conditions the workflow uses; anything else (a fork test, a token) is false."""
     terms = [t.strip() for t in condition.removeprefix("${{").removesuffix("}}").split("&&")]
-    known = {"!cancelled()": True, "always()": True, "success()": not failed}
+    known = {"!cancelled()": True, "always()": True, "success()": not failed,
+             "github.event_name == 'pull_request'": True}
     for term in terms:
         if term in known:
             if not known[term]:
@@ -164,8 +167,10 @@ def test_the_workflow_gates_and_reports_an_unchanged_clone_a_changed_lr_and_a_st
         assert f"]({image.name})" in report
         with Image.open(image) as png:
             assert png.format == "PNG" and png.width > 200 and png.height > 100
+    named = (changed / "diff-report/summary.md").read_text()  # for the comment: images named, not embedded
+    assert "![" not in named and "`validation_loss.png` (in the `diff-report` artifact)" in named
     if platform == "github":
-        assert summary.read_text().endswith(report)  # the job summary got the report
+        assert summary.read_text().endswith(named)  # the job summary got the report
 
     stale = runner_clone(origin, f"{platform}-stale", "stale-lock", cache_from=changed)  # the job's DVC cache
     ok, log = steps(stale, env)

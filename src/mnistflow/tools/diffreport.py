@@ -5,8 +5,9 @@ offline with vl-convert (no browser, no network).
 
     mnistflow diff-report [BASE] [--out FOLDER]
 
-Writes FOLDER/report.md (default diff-report/) and a PNG per changed plot beside it; appends the
-report to $GITHUB_STEP_SUMMARY when that is set. BASE defaults to main."""
+Writes FOLDER/report.md (default diff-report/) and a PNG per changed plot beside it, and
+summary.md, the same with the images named (for a comment); appends that to $GITHUB_STEP_SUMMARY
+when it is set. BASE defaults to main."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,8 @@ SCALARS = (("acc", "accuracy"), ("macro_f1", "macro F1"), ("ece", "calibration e
 def _dvc(*args: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise MnistflowError(f"dvc {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        said = (proc.stderr or proc.stdout).strip().splitlines() or ["no message"]
+        raise MnistflowError(f"dvc {' '.join(args)} failed: {said[-1]}")
     return proc.stdout
 
 
@@ -139,7 +141,8 @@ def plot_changes(base_rev: str, out: Path) -> list[tuple[str, str]]:
                 continue  # the same data in both revisions
             name = re.sub(r"[^A-Za-z0-9]+", "_", plot_id).strip("_").lower() + ".png"
             write_bytes(out / name, vl_convert.vegalite_to_png(spec, scale=1))
-            drawn.append((plot_id, name))
+            drawn.append((plot_id, name, "" if len(by_rev) > 1 else
+                          f" ({base_rev}'s data is in no cache or remote we reach: this revision alone)"))
     return drawn
 
 
@@ -154,14 +157,17 @@ def mlflow_links(md5s: dict[str, str]) -> dict[str, str]:
     from mnistflow.tracking.ui import run_url
 
     os.environ["MLFLOW_UI_URL"] = uri  # the server's own pages, for a reviewer
-    client = store.client()
-    exps = [e.experiment_id for e in client.search_experiments()]
     links = {}
-    for model, md5 in md5s.items():
-        run = preferred_run(client.search_runs(exps, filter_string=f"tags.model_md5 = '{md5}'",
-                                               order_by=["attributes.start_time DESC"]))
-        if run is not None:
-            links[model] = run_url(run.info.experiment_id, run.info.run_id)
+    try:
+        client = store.client()
+        exps = [e.experiment_id for e in client.search_experiments()]
+        for model, md5 in md5s.items():
+            run = preferred_run(client.search_runs(exps, filter_string=f"tags.model_md5 = '{md5}'",
+                                                   order_by=["attributes.start_time DESC"]))
+            if run is not None:
+                links[model] = run_url(run.info.experiment_id, run.info.run_id)
+    except Exception as exc:  # noqa: BLE001  (the report goes out without links rather than not at all)
+        print(f"no MLflow links: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
     return links
 
 
@@ -195,10 +201,17 @@ def report(base_rev: str, out: Path) -> str:
         lines.append(f"| {model} | `{old}` | `{new}`{' (changed)' if old != new else ''} |{link}")
     fetch_base(base_rev)
     drawn = plot_changes(base_rev, out)
-    lines += ["", "### Plots that changed", "", "Both revisions in each; the PNGs are beside report.md (in CI, the "
-              "`diff-report` artifact).", ""] if drawn else ["", "### Plots that changed", ""]
-    lines += [f"**{plot_id}**\n\n![{plot_id}]({name})\n" for plot_id, name in drawn] or ["none", ""]
+    lines += ["", "### Plots that changed", ""]
+    if drawn:
+        lines += ["Each with both revisions unless it says otherwise; the PNGs are beside report.md (in CI, "
+                  "the `diff-report` artifact).", ""]
+    lines += [f"**{plot_id}**{note}\n\n![{plot_id}]({name})\n" for plot_id, name, note in drawn] or ["none", ""]
     return "\n".join(lines) + "\n"
+
+
+def without_images(text: str) -> str:
+    """The report for a job summary or a comment, which cannot show the folder's images: each named."""
+    return re.sub(r"!\[[^\]]*\]\(([^)]+\.png)\)", r"`\1` (in the `diff-report` artifact)", text)
 
 
 def _outcome(before: dict | None, after: dict | None) -> str:
@@ -221,8 +234,9 @@ def main(argv: list[str] | None = None, prog: str = "mnistflow diff-report") -> 
     args = parser.parse_args(argv)
     text = report(args.base, args.out)
     write_bytes(args.out / "report.md", text.encode())
+    write_bytes(args.out / "summary.md", without_images(text).encode())  # for a comment
     if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(summary, "a") as f:  # GitHub's job summary: appended, as every step does
-            f.write(text)
+            f.write(without_images(text))
     print(text, end="")
     print(f"(written to {args.out / 'report.md'})", file=sys.stderr)
