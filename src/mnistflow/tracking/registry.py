@@ -63,7 +63,8 @@ def promote(name: str, attempts: int = 20) -> None:
     order: each promoter recomputes the best from the store and checks again after it writes,
     so whichever writes last, the alias ends on the best (a stale writer's check sees the newer
     accuracies and corrects it). Two promoters setting the alias at the same moment can collide
-    in the server's database (PostgreSQL: a unique key): the one refused looks again."""
+    in the server's database (PostgreSQL: a unique key), on the alias or on the reason's tag: the
+    one refused looks again."""
     store = client()
     for attempt in range(attempts):
         best = best_version(store, name)
@@ -76,13 +77,13 @@ def promote(name: str, attempts: int = 20) -> None:
             current = None
         if current == version.version:
             return
+        before = f"version {current}" if current else "no champion before"
         try:
             store.set_registered_model_alias(name, CHAMPION, version.version)
+            store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
+                                        f"the best test accuracy of all versions: {test_acc:.4f} (over {before})")
         except errors():
             if attempt == attempts - 1:
                 raise
             continue
-        before = f"version {current}" if current else "no champion before"
-        store.set_model_version_tag(name, version.version, f"{CHAMPION}_because",
-                                    f"the best test accuracy of all versions: {test_acc:.4f} (over {before})")
         log.info("%s version %s (test_acc %.4f) is the %s", name, version.version, test_acc, CHAMPION)
