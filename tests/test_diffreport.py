@@ -126,7 +126,10 @@ def runner_clone(origin: Path, name: str, branch: str, cache_from: Path | None =
     clone = origin / name
     run(["git", "clone", "-q", "-b", branch, str(origin / "origin.git"), str(clone)], origin)
     add_make(clone)
-    os.utime(clone / "src/mnistflow/tools/plotpage.py", (0, 0))  # the venv's plots page is current
+    # The venv and plots page are this checkout's and current: `make setup` in the clone must not
+    # rebuild them (a clone's files are as new as the clone).
+    for made_from in ("src/mnistflow/tools/plotpage.py", "requirements.txt", "requirements-test.txt", "pyproject.toml"):
+        os.utime(clone / made_from, (0, 0))
     if cache_from is not None:
         shutil.copytree(cache_from / ".dvc/cache", clone / ".dvc/cache", dirs_exist_ok=True)
     return clone

@@ -99,6 +99,13 @@ def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, te
         registered = rest(url, f"/api/2.0/mlflow/registered-models/get?name=mnist-{model}", password)
         assert {a["alias"] for a in registered["registered_model"]["aliases"]} >= {"candidate", "champion"}
 
+    # The pull-request report links each model's weights to the run that trained them, on the server.
+    report = run([sys.executable, "-m", "mnistflow.cli", "diff-report", "HEAD", "--out", str(tmp_path / "report")],
+                 project, {**env, "MLFLOW_TRACKING_PASSWORD": password, "PYTHONPATH": str(ROOT / "src")}).stdout
+    for model, r in by_name.items():
+        (row,) = [line for line in report.splitlines() if line.startswith(f"| {model} | `")]
+        assert f"[run]({url}/#/experiments/{experiment['experiment_id']}/runs/{r['info']['run_id']}?" in row, row
+
 
 @pytest.mark.slow
 def test_eight_queued_experiments_land_complete_on_the_server(server, tmp_path):
@@ -149,10 +156,3 @@ def test_concurrent_promoters_leave_the_best_version_champion_whatever_their_ord
         t.join(timeout=120)
     assert not failures
     assert client.get_model_version_by_alias(name, "champion").version == "3"
-
-    # The pull-request report links each model's weights to the run that trained them, on the server.
-    report = run([sys.executable, "-m", "mnistflow.cli", "diff-report", "HEAD", "--out", str(tmp_path / "report")],
-                 project, {**env, "MLFLOW_TRACKING_PASSWORD": password, "PYTHONPATH": str(ROOT / "src")}).stdout
-    for model, r in by_name.items():
-        (row,) = [line for line in report.splitlines() if line.startswith(f"| {model} | `")]
-        assert f"[run]({url}/#/experiments/{experiment['experiment_id']}/runs/{r['info']['run_id']}?" in row, row
