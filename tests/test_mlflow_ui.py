@@ -164,7 +164,7 @@ def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_fille
     page.close()
 
 
-def test_each_report_page_link_opens_the_run_that_trained_those_weights(project, ui, browser):
+def test_each_report_page_link_opens_the_run_that_trained_those_weights(project, ui, browser, screenshots):
     base, _ = ui
     # The page as a user opens it after `make ui` (which points its links at this store and UI).
     report = browser.new_page()
@@ -189,6 +189,9 @@ def test_each_report_page_link_opens_the_run_that_trained_those_weights(project,
             page.wait_for_function("text => document.body.innerText.includes(text)", arg=text, timeout=60_000)
         nav = page.inner_text("aside")
         assert "Model registry" in nav and "Judges" not in nav, nav  # the model-training layout
+        if model == "cnn":  # how busy the machine was while it trained: the run's System metrics tab
+            shots.open_system_metrics(page, link)  # fails unless the CPU chart is drawn
+            page.screenshot(path=screenshots / "mlflow-system-metrics.png")
         page.close()
 
 

@@ -5,6 +5,7 @@ import html
 import json
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def test_each_model_has_a_complete_mlflow_run(project):
     assert view["name"] == "mnistflow: headline metrics"
     columns = json.loads(view["state"])["selectedColumns"]
     assert "metrics.`test_acc`" in columns and "params.`lr`" in columns and "tags.`dvc_exp_name`" in columns
+    assert "tags.`node`" in columns  # which machine ran it: a team's runs in one experiment
     # One column means one thing for every model: the same param keys in every run.
     assert len({tuple(sorted(r.data.params)) for r in runs}) == 1
     for r in runs:
@@ -127,6 +129,9 @@ def test_each_model_has_a_complete_mlflow_run(project):
         assert len(r.data.tags) <= 14 and not [t for t in r.data.tags if t.startswith("dvc.md5")]
         assert r.data.tags["device"] == "cpu"
         assert EPOCH_METRICS | {"train_seconds"} <= set(r.data.metrics)
+        # how busy the machine was meanwhile (MLflow's system metrics), and which machine
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(r.data.metrics)
+        assert r.data.tags["node"] == socket.gethostname()
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert steps == ([1, 2] if model == "mlp" else [1])
         assert "loss_curve.png" in [a.path for a in client.list_artifacts(r.info.run_id)]  # visualize's drawing
@@ -397,6 +402,22 @@ def test_a_code_change_reruns_only_the_stages_that_load_it(project, tmp_path):
     assert edit("src/mnistflow/models/dynamic.py") == []  # not in the default set
     assert edit("src/mnistflow/models/cnn.py") == ["train@cnn", "evaluate@cnn"]
     assert pending(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_system_metrics_off_trains_the_same_bytes_and_reruns_no_stage_of_its_own(project, tmp_path):
+    trained = make_project(tmp_path / "off", project[0])
+    run(["git", "checkout", "-q", "--", "."], trained)  # the committed baseline, whatever other tests changed
+    dvc(trained, "checkout", "-q", "--force")
+    before = {p: (trained / p).read_bytes() for p in ("models/mlp.pt", "reports/train/mlp.csv", "reports/train/mlp.json",
+                                                       "reports/index.html")}
+    set_params(trained, "train.system_metrics", False)
+    # A tracking setting: no training depends on it (visualize, which prints the train section, redraws the same page).
+    assert stages_run(dvc(trained, "repro").stdout) == ["check_params", "visualize"]
+    dvc(trained, "repro", "-f", "-s", "train@mlp")
+    assert {p: (trained / p).read_bytes() for p in before} == before
+    latest = runs_of(trained)[-1]
+    assert latest.data.params["model"] == "mlp" and latest.info.status == "FINISHED"
+    assert not [k for k in latest.data.metrics if k.startswith("system/")]
 
 
 def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):

@@ -64,6 +64,8 @@ ALLOWED = {
     ("mlflow.models", "ModelSignature"), ("mlflow.pytorch", None),
     *(("mlflow.entities", n) for n in ("Dataset", "DatasetInput", "InputTag", "Metric", "Param", "RunStatus", "RunTag")),
     ("dvc.api", None),
+    # the monitor `mlflow.start_run(log_system_metrics=True)` starts, started by run id (tracking/runs.py)
+    ("mlflow.system_metrics.system_metrics_monitor", "SystemMetricsMonitor"),
     *(("mlflow.types.schema", n) for n in ("ColSpec", "DataType", "Map", "Schema", "TensorSpec")),
 }
 # DVC's internals, in their one module only.

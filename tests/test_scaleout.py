@@ -206,11 +206,11 @@ def test_a_tracking_server_outage_loses_no_metric(server, tmp_path, template, mo
     assert (project / "models/cnn.pt").exists()
 
 
-def torchrun_node(node: Path, port: int, log: Path) -> subprocess.Popen:
+def torchrun_node(node: Path, port: int, log: Path, **env) -> subprocess.Popen:
     """One node's agent, as docs/data-parallel.md says to start it, its output in `log`."""
     cmd = [sys.executable, "-m", "mnistflow.cli", "torchrun", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"cnn-{port}", *TRAIN]
-    return subprocess.Popen(cmd, cwd=node, env=pipeline_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=node, env={**pipeline_env(), **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def test_two_nodes_train_the_bytes_of_one_node_and_stop_together(tmp_path, template):
@@ -229,10 +229,16 @@ def test_two_nodes_train_the_bytes_of_one_node_and_stop_together(tmp_path, templ
     run(["git", "checkout", "params.yaml"], node0)
 
     port = free_port()
-    agents = [torchrun_node(node, port, tmp_path / f"{node.name}.log") for node in nodes]
+    # One store both nodes reach, as a team server would be; each machine's use sampled often.
+    store = f"sqlite:///{node0 / 'mlruns/mlflow.db'}"
+    agents = [torchrun_node(node, port, tmp_path / f"{node.name}.log", MLFLOW_TRACKING_URI=store,
+                            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2") for node in nodes]
     assert [a.wait(timeout=300) for a in agents] == [0, 0], [(tmp_path / f"{n.name}.log").read_text() for n in nodes]
     (rank0,) = [node for node in nodes if (node / "models/cnn.pt").exists()]  # rank 0 alone writes
     assert (rank0 / "models/cnn.pt").read_bytes() == (tmp_path / "one-node.pt").read_bytes()
+    two_nodes = runs_of(node0)[-1]  # one run, with a series of system metrics per machine
+    assert two_nodes.data.params["world_size"] == "2"
+    assert {f"system/node{n}/cpu_utilization_percentage" for n in (0, 1)} <= set(two_nodes.data.metrics)
     dvc(rank0, "commit", "--force", "train@cnn")
     assert "train@cnn" not in pending(dvc(rank0, "status", "--json").stdout)
     lock = yaml.safe_load((rank0 / "dvc.lock").read_text())["stages"]["train@cnn"]

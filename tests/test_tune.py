@@ -183,8 +183,9 @@ def test_two_clones_fill_one_study_on_the_team_server_with_no_trial_run_twice(pr
         # share with this module's other studies (its weights' run would be in the local store)
         cmd = [sys.executable, "-m", "mnistflow.cli", "tune", "--trials", "5", "--jobs", "1", "--study", "team",
                "-S", "train.mlp.epochs=3"]
-        procs = [subprocess.Popen(cmd, cwd=clone, env=team, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for clone in clones]
+        # Each clone stands for a machine of its own: its runs say which (the runs view's node column).
+        procs = [subprocess.Popen(cmd, cwd=clone, env={**team, "MNISTFLOW_NODE": clone.name}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for clone in clones]
         outs = [p.communicate(timeout=900)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
         import optuna
@@ -203,6 +204,7 @@ def test_two_clones_fill_one_study_on_the_team_server_with_no_trial_run_twice(pr
             assert len(parents) == 1  # one study run, however many processes opened the study
             kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
             assert sorted(int(k.data.tags["mnistflow.trial"]) for k in kids) == sorted(t.number for t in done)
+            assert {k.data.tags["node"] for k in kids} == {"clone1", "clone2"}  # one experiment, two machines
         finally:
             for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                 os.environ.pop(key)

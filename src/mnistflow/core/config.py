@@ -186,6 +186,7 @@ class TrainConfig(Section):
     amp: bool  # bf16 autocast where the device has bf16 units (device.uses_bf16)
     deterministic: bool
     resume: bool  # continue from the last epoch checkpoint after a kill
+    system_metrics: bool = True  # CPU, memory and GPU use sampled into each training run (no output changes)
     nproc: int = Field(1, ge=1, le=1024)  # data-parallel processes under torchrun (1: none)
 
 

@@ -1,5 +1,6 @@
 """The docs' pictures of MLflow's UI, taken from the project's own store in headless Chromium:
-the runs table and its charts as the project's view shows them, and a registered model's page.
+the runs table and its charts as the project's view shows them, a registered model's page, and
+its champion's training run on the System metrics tab.
 The browser tests drive the UI with the same helpers.
 
     mnistflow screenshots [--out docs]      (after `make repro`; Chromium installed)
@@ -135,7 +136,24 @@ def take(out: Path, dataset: str) -> list[Path]:
         page.wait_for_selector("text=champion", timeout=60_000)  # the versions table, with the aliases
         page.wait_for_timeout(1000)
         shots.append(save(page, out / "mlflow-model.png"))
+        sampled = next((r for r in tracking.client().search_runs(
+            [exp.experiment_id], "params.model = 'cnn'", order_by=["attributes.start_time DESC"])
+            if "system/cpu_utilization_percentage" in r.data.metrics), None)  # the newest training run of cnn
+        if sampled:
+            open_system_metrics(page, ui.run_url(exp.experiment_id, sampled.info.run_id).replace(ui.ui_url(), url))
+            shots.append(save(page, out / "mlflow-system-metrics.png"))
     return shots
+
+
+def open_system_metrics(page, run_link: str, timeout_ms: int = 60_000) -> None:
+    """A run's page on its System metrics tab, its charts drawn."""
+    page.goto(run_link)
+    page.get_by_role("tab", name="System metrics").click(timeout=timeout_ms)
+    close = page.get_by_role("button", name="Close")  # the Assistant panel, as open_runs does
+    if close.count():
+        close.first.click()
+    page.get_by_text("cpu_utilization_percentage").first.wait_for(timeout=timeout_ms)
+    page.wait_for_timeout(2000)
 
 
 def main(argv: list[str] | None = None, prog: str = "mnistflow screenshots") -> None:

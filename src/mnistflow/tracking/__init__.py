@@ -17,11 +17,12 @@ from mnistflow.tracking.registry import CANDIDATE, CHAMPION, log_model_args, mod
 from mnistflow.tracking.relocate import relocate_store
 from mnistflow.tracking.runs import (PROCESS_TAG, TrackedRun, attach_figures, dataset, download, fail_dead_runs,
                                      find_training_run, get_run, log_evaluation, log_report, metric_history,
-                                     reports_experiment, run_for_model, run_of_weights, tracked_run)
+                                     peer_system_metrics, reports_experiment, run_for_model, run_of_weights, system_metrics,
+                                     tracked_run)
 from mnistflow.tracking.store import check_server, client, errors, experiment_id, tracking_uri
 
 __all__ = ["CANDIDATE", "CHAMPION", "PROCESS_TAG", "TrackedRun", "attach_figures", "check_server", "client", "dataset",
            "download", "environment", "errors", "experiment_id", "fail_dead_runs", "file_md5", "find_training_run",
            "get_run", "git_state", "log_evaluation", "log_model_args", "log_report", "made_by", "made_from",
-           "metric_history", "model_name", "promote", "relocate_store", "reports_experiment", "run_for_model",
-           "run_label", "run_of_weights", "run_tags", "tracked_run", "tracking_uri"]
+           "metric_history", "model_name", "peer_system_metrics", "promote", "relocate_store", "reports_experiment",
+           "run_for_model", "run_label", "run_of_weights", "run_tags", "system_metrics", "tracked_run", "tracking_uri"]

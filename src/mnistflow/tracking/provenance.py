@@ -53,9 +53,15 @@ def made_from() -> dict[str, str]:
     return tags
 
 
+def node() -> str:
+    """The machine a run ran on, as the runs table shows it: MNISTFLOW_NODE (a name a team
+    chose, or a container's) or the host name."""
+    return os.environ.get("MNISTFLOW_NODE") or socket.gethostname()
+
+
 def run_tags(dataset: str, device) -> dict[str, str]:
     """The few tags a user filters by; the rest of what made a run is in its lineage.json."""
-    return {"dataset": dataset, "device": str(device), **made_from()}
+    return {"dataset": dataset, "device": str(device), "node": node(), **made_from()}
 
 
 def environment() -> dict[str, str]:

@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mnistflow.tracking.provenance import file_md5, git_state, made_from, run_label
 from mnistflow.tracking.registry import log_model_args, model_name, name_candidate, promote
 from mnistflow.core.errors import MnistflowError, OutOfSpace, out_of_space
-from mnistflow.tracking.store import (client, errors, experiment_id, mlflow_module, sqlite_path, tracking_uri,
-                                     unreachable)
+from mnistflow.tracking.store import (client, errors, experiment_id, mlflow_module, sqlite_path, store_exists,
+                                     tracking_uri, unreachable)
 
 if TYPE_CHECKING:
     import torch
@@ -84,12 +84,45 @@ class TrackedRun:
         log.info("model %s version %s logged in run %s", name, info.registered_model_version, self.run_id)
 
 
+# Seconds between samples of the machine's use (MLflow's default, 10, misses most of a short
+# run); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, MLflow's own variable, overrides it.
+SAMPLING_SECONDS = 2
+
+
 @contextmanager
-def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
-                run_id: str | None = None) -> Iterator[TrackedRun]:
+def system_metrics(run_id: str, node: str | None = None) -> Iterator[None]:
+    """CPU, memory, disk, network and (with pynvml) GPU use sampled into run `run_id` while the
+    block runs: MLflow's own monitor, the one `mlflow.start_run(log_system_metrics=True)` starts,
+    here by run id, so it leaves the run's status to `tracked_run` and can serve another node's
+    process. `node` (node0, node1, ...) keeps one series per machine: system/<node>/..."""
+    mlflow_module()
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_SECONDS, resume_logging=True, node_id=node,
+                                   tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def peer_system_metrics(run_id: str | None, node: str | None):
+    """For another machine's first process under torchrun: its machine's use sampled into rank
+    0's run `run_id` where its store holds that run (a tracking server both reach; a machine's
+    own local store does not); else nothing."""
+    if run_id and node and store_exists() and _run_exists(client(), run_id):
+        return system_metrics(run_id, node)
+    return nullcontext()
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, params: dict, tags: dict, run_id: str | None = None,
+                machine_use: bool = False, node: str | None = None) -> Iterator[TrackedRun]:
     """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on an interrupt.
     `run_id` continues that run (a training resumed after a kill) when the store has it.
-    Runs that a `kill -9` left RUNNING are marked FAILED first."""
+    Runs that a `kill -9` left RUNNING are marked FAILED first. `machine_use`: the machine's
+    use sampled into the run meanwhile (`system_metrics`, as `node`)."""
     from mlflow.entities import Param, RunStatus
 
     exp_id = experiment_id(experiment)  # the client, first made here, has reaped dead runs
@@ -103,7 +136,8 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict,
     store.set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
     try:
         store.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])  # a resumed run: the same
-        yield TrackedRun(store, run_id)
+        with system_metrics(run_id, node) if machine_use else nullcontext():
+            yield TrackedRun(store, run_id)
     except KeyboardInterrupt:
         store.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         raise

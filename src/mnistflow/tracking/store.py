@@ -25,6 +25,8 @@ def mlflow_module() -> ModuleType:
     import mlflow
     # It logs every database error with its SQL before raising it; the stage's one line says it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # Its system-metrics monitor says when it starts and stops, and that there is no GPU: noise in a stage's log.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     return mlflow
 
 
@@ -51,6 +53,12 @@ def tracking_uri() -> str:
 def sqlite_path() -> Path | None:
     uri = tracking_uri()
     return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
+def store_exists() -> bool:
+    """Whether the store is a server or a sqlite file already there (asking creates nothing)."""
+    db = sqlite_path()
+    return db is None or db.exists()
 
 
 def client():

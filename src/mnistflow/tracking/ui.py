@@ -31,7 +31,7 @@ HEADLINE = "mnistflow"  # the runs table of a dataset's experiment
 REPORTS = "mnistflow-reports"  # the report runs
 # The params that tell runs apart, and the tags that say what made them.
 HEADLINE_PARAMS = ["model", "optimizer", "lr", "epochs", "batch_size", "shift"]
-HEADLINE_TAGS = ["dvc_exp_name", "baseline", "model_md5"]
+HEADLINE_TAGS = ["dvc_exp_name", "baseline", "model_md5", "node"]
 LINKS_FILE = "mlflow-links.js"  # beside the report page: its MLflow links for this store and UI (not in DVC)
 HOME_PAGE_HINT = ("From MLflow's home page an experiment opens in the GenAI layout (traces, no data): pick 'Model "
                   "training' at the top left once (the browser keeps it), then Views -> 'mnistflow: headline metrics'.")

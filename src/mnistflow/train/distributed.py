@@ -95,6 +95,19 @@ def main(argv: list[str], prog: str = "mnistflow torchrun") -> None:
     launch(argv)
 
 
+def node() -> str | None:
+    """This process's machine when the world spans several (torchrun's GROUP_RANK: node0,
+    node1, ...), for one series of system metrics per machine; None on one machine."""
+    if not launched() or os.environ["WORLD_SIZE"] == os.environ["LOCAL_WORLD_SIZE"]:
+        return None
+    return f"node{os.environ['GROUP_RANK']}"
+
+
+def node_leader() -> bool:
+    """Whether this process speaks for its machine (its first local process)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def start(device: torch.device) -> World:
     """Join torchrun's process group (gloo on the CPU, NCCL on CUDA); alone, the single world."""
     if not launched():

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -205,10 +206,13 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     amp = uses_bf16(device, cfg.train.amp, cfg.numerics.mode)
     params = {**cfg.run_params(name), **numerics.what_ran(), "world_size": world.size,
               "precision": "bf16" if amp else "fp32"}
+    node = distributed.node()
     if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
         resume = distributed.from_main(None, world)
+        run_id = distributed.from_main(None, world)
         try:
-            with distributed.peers_or_stop(world):
+            with tracking.peer_system_metrics(run_id, node) if distributed.node_leader() else nullcontext(), \
+                    distributed.peers_or_stop(world):
                 return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
                            world=world)
         except TrainingDiverged:  # rank 0 stops at the same batch: it reports it and fails the run
@@ -216,7 +220,9 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
     resume = distributed.from_main(checkpoint.load() if cfg.train.resume else None, world)
     with tracking.tracked_run(dataset, tracking.run_label(name), params, tracking.run_tags(dataset, device),
-                              run_id=resume and resume["run_id"]) as run:
+                              run_id=resume and resume["run_id"], machine_use=cfg.train.system_metrics,
+                              node=node) as run:
+        distributed.from_main(run.run_id if cfg.train.system_metrics else None, world)
         for context, split_name, split in (("training", "train", train), ("validation", "val", val)):
             run.log_inputs([tracking.dataset(f"{dataset}-{split_name}", data_dir / f"{split_name}.pt",
                                              split.images, split.labels)], context)
