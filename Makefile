@@ -20,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The report page links runs where `make ui` serves them.
 export MLFLOW_UI_URL := http://$(UI_HOST):$(UI_PORT)
 
-.PHONY: setup venv server-tools repro exps dag screenshots compare-optimizers tune mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull lineage restore
+.PHONY: setup venv server-tools repro exps dag screenshots compare-optimizers tune mnist-tutorial bench bench-team server server-stop test test-slow test-fast ui serve system-data test-tools repro-check lock-check push pull exp-push exp-pull lineage restore
 
 PLOTS_PAGE := .plots/page.html
 
@@ -120,6 +120,8 @@ bench-team: setup test-tools
 
 # A team tracking server: MLflow's basic-auth app over a PostgreSQL cluster of its own in
 # SERVER_DIR, artifacts served through it, on SERVER_HOST:SERVER_PORT (loopback unless told).
+# Artifacts on S3: MNISTFLOW_ARTIFACTS=s3://<bucket>/<prefix>, the server's credentials in AWS_*
+# (MLFLOW_S3_ENDPOINT_URL for an S3-compatible store); docs/team-server.md.
 # Admin password: MNISTFLOW_ADMIN_PASSWORD, else generated into SERVER_DIR/admin-password.
 SERVER_DIR ?= .server
 SERVER_HOST ?= 127.0.0.1
@@ -139,11 +141,27 @@ server-tools:
 	fi
 
 # Every output of the pipeline to the DVC remote (`dvc remote list`), and back into a fresh clone.
+# An S3 remote's bucket is looked at first: wrong credentials, a missing bucket or no endpoint is one line.
 push: venv
+	$(BIN)/mnistflow remote-check
 	$(BIN)/dvc push
 
 pull: venv
+	$(BIN)/mnistflow remote-check
 	$(BIN)/dvc pull
+
+# Experiments made on another machine (a colleague's, a CI runner, the GPU box): `make exp-push`
+# sends this commit's experiments (or EXP="name ...") to the git remote GIT_REMOTE, their outputs to
+# the DVC remote; `make exp-pull` on the other machine brings them in for `make exps`, `dvc exp apply`.
+GIT_REMOTE ?= origin
+EXP ?=
+exp-push: venv
+	$(BIN)/mnistflow remote-check
+	$(BIN)/dvc exp push $(GIT_REMOTE) $(EXP)
+
+exp-pull: venv
+	$(BIN)/mnistflow remote-check
+	$(BIN)/dvc exp pull $(GIT_REMOTE) $(EXP)
 
 # Does the committed dvc.lock record the committed code and params? (CI runs it; nothing is trained.)
 lock-check: venv

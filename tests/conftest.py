@@ -16,7 +16,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -92,16 +95,35 @@ def template(tmp_path_factory, tiny_mirror, migrated_db) -> Path:
     return built_once(tmp_path_factory, "template", build)  # dvc.lock untracked, as in a fresh clone
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, template) -> tuple[Path, str]:
-    """The template after a whole `dvc repro` (mlp trained 2 epochs; dvc.lock uncommitted), and
-    what that `dvc repro` printed: copy it with `make_project(dest, trained[0])`."""
+def build_trained(template: Path):
     def build(project: Path) -> None:
         make_project(project, template, mlp={"epochs": 2})
         out = run([sys.executable, "-m", "dvc", "repro"], project, pipeline_env()).stdout
         (project.parent / "trained.out").write_text(out)
-    project = built_once(tmp_path_factory, "trained", build)
+    return build
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, template) -> tuple[Path, str]:
+    """The template after a whole `dvc repro` (mlp trained 2 epochs; dvc.lock uncommitted), and
+    what that `dvc repro` printed: copy it with `make_project(dest, trained[0])`."""
+    project = built_once(tmp_path_factory, "trained", build_trained(template))
     return project, (project.parent / "trained.out").read_text()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trained_in_the_background(request, tmp_path_factory):
+    """Start building `trained` at once, beside the first tests, when any test of the run uses
+    it: else one worker builds it (about a minute) while the other waits for it, a core idle."""
+    if not any("trained" in item.fixturenames for item in request.session.items):
+        yield
+        return
+    template = request.getfixturevalue("template")
+    builder = threading.Thread(target=built_once, args=(tmp_path_factory, "trained", build_trained(template)),
+                               daemon=True)
+    builder.start()  # a failed build leaves no .done: the fixture builds again and fails with its error
+    yield
+    builder.join()
 
 
 def make_project(dest: Path, template: Path, **train_overrides) -> Path:
@@ -142,10 +164,13 @@ def commit(project: Path, message: str) -> None:
 def add_make(project: Path) -> Path:
     """Let `make TARGET` run in a test project as in a clone: its Makefile over this checkout's
     set-up (venv, offline plots page)."""
-    for name in ("Makefile", "requirements.txt", "requirements-test.txt", "pyproject.toml"):
+    names = ("Makefile", "requirements.txt", "requirements-test.txt", "pyproject.toml")
+    for name in names:
         shutil.copy2(ROOT / name, project / name)
     for made_by_setup in (".venv", ".plots"):
         (project / made_by_setup).symlink_to(ROOT / made_by_setup)
+    with open(project / ".git/info/exclude", "a") as exclude:  # as in a clone, where git tracks them
+        exclude.write("".join(f"/{name}\n" for name in (*names, ".venv", ".plots")))
     return project
 
 
@@ -189,3 +214,43 @@ needs_postgres = pytest.mark.skipif(
     not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"),
     reason="PostgreSQL's server binaries are not installed (make test installs Debian's postgresql "
            "where it runs as root with apt-get)")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server on loopback: moto's, as DVC's own S3 plugin is tested, checking every
+    request's credentials (its IAM on): a user allowed S3, its access key, and the bucket `team`.
+    `env`: what a user exports to reach it as that user."""
+    try:
+        import boto3
+        import moto.server  # noqa: F401
+    except ImportError:
+        pytest.skip("moto[server] is not installed (requirements-test.txt)")
+    port, log = free_port(), tmp_path_factory.mktemp("s3") / "moto.log"
+    # Authentication starts after the first 3 requests: the ones that make the user, its policy and its key.
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        where = {"endpoint_url": url, "region_name": "us-east-1"}
+        iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **where)
+        iam.create_user(UserName="team")
+        iam.put_user_policy(UserName="team", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="team")["AccessKey"]
+        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], **where)
+        client.create_bucket(Bucket="team")
+        yield SimpleNamespace(url=url, bucket="team", env=env, client=client,
+                              keys=lambda prefix: [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+                                  Bucket="team", Prefix=prefix) for o in page.get("Contents", [])])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

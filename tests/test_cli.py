@@ -12,7 +12,7 @@ from conftest import ROOT
 
 EXPECTED = {"ui", "links", "serve", "lineage", "restore", "exps", "dag", "compare-optimizers", "server",
             "screenshots", "lock-check", "repro-check", "numcheck", "bench", "torchrun", "sources", "tune",
-            "diff-report", "repro-gate"}
+            "diff-report", "repro-gate", "remote-check"}
 
 
 def mnistflow(*args: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from conftest import pipeline_env, run
-from mnistflow.tracking.dvc_internals import default_remote_url, lock_entries
+from mnistflow.tracking.dvc_internals import default_remote_url, lock_entries, remote_config
 
 
 def dvc(repo, *args):
@@ -37,3 +37,10 @@ def test_lock_entries_are_what_dvc_writes_into_dvc_lock_and_the_remote_url_is_re
     assert default_remote_url(repo) == str(tmp_path / "remote")
     dvc(repo, "remote", "modify", "--local", "store", "url", str(tmp_path / "elsewhere"))
     assert default_remote_url(repo) == str(tmp_path / "elsewhere")  # this clone's own setting wins
+    dvc(repo, "remote", "add", "s3", "s3://bucket/dvc")
+    dvc(repo, "remote", "modify", "s3", "endpointurl", "http://127.0.0.1:9")
+    dvc(repo, "remote", "modify", "--local", "s3", "secret_access_key", "from-config-local")
+    name, conf = remote_config(repo, "s3")  # merged from both files, with DVC's defaults for the rest
+    assert name == "s3" and {k: conf[k] for k in ("url", "endpointurl", "secret_access_key")} == {
+        "url": "s3://bucket/dvc", "endpointurl": "http://127.0.0.1:9", "secret_access_key": "from-config-local"}
+    assert remote_config(repo)[0] == "store"

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from conftest import add_make, free_port, make_project, pending, pipeline_env, run, set_params, stages_run
@@ -146,6 +147,37 @@ def test_the_same_round_trip_through_an_ssh_server(pushed, sshd, tmp_path):
     assert "Traceback" not in refused.stderr and "Permission denied" in refused.stderr, refused.stderr
 
 
+def s3_credentials(repo, s3, secret=None):
+    """A clone's own S3 credentials, in its .dvc/config.local (never committed)."""
+    dvc(repo, "remote", "modify", "--local", "team", "access_key_id", s3.env["AWS_ACCESS_KEY_ID"])
+    dvc(repo, "remote", "modify", "--local", "team", "secret_access_key", secret or s3.env["AWS_SECRET_ACCESS_KEY"])
+    return add_make(repo)
+
+
+def test_the_same_round_trip_through_s3_and_wrong_credentials_in_one_line(pushed, s3, tmp_path):
+    first, _ = pushed
+    a = make_project(tmp_path / "a", first)
+    # What a team commits (docs/dvc.md): the bucket and the endpoint of its S3-compatible store.
+    dvc(a, "remote", "add", "--default", "team", f"s3://{s3.bucket}/dvc")
+    dvc(a, "remote", "modify", "team", "endpointurl", s3.url)
+    run(["git", "commit", "-q", "-am", "the team's S3 remote"], a, pipeline_env())
+    run(["make", "-s", "push"], s3_credentials(a, s3), pipeline_env())
+    assert any(key.startswith("dvc/files/md5/") for key in s3.keys("dvc/"))
+    b = s3_credentials(clone(a, tmp_path / "b"), s3)
+    assert not (b / ".dvc/cache").exists()
+    run(["make", "-s", "pull"], b, pipeline_env())
+    assert_complete_copy(a, b)
+
+    wrong = s3_credentials(clone(a, tmp_path / "wrong"), s3, secret="not-the-secret")
+    refused = run(["make", "-s", "pull"], wrong, pipeline_env(), check=False)
+    assert refused.returncode != 0 and not (wrong / "models").exists() and not (wrong / ".dvc/cache").exists()
+    assert refused.stderr.splitlines()[0] == (
+        f"error: DVC remote 'team' (s3://team/dvc): {s3.url} refused the credentials (SignatureDoesNotMatch): "
+        "dvc remote modify --local team access_key_id <key>, and secret_access_key <secret> "
+        "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"), refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_the_lock_check_names_a_stage_whose_code_changed_and_passes_after_dvc_commit(pushed, tmp_path):
     first, _ = pushed
     bare = clone(first, tmp_path / "bare")  # as CI sees it: code and dvc.lock, no data, no outputs
@@ -193,17 +225,24 @@ def test_mnistflow_called_by_its_full_path_runs_stages_with_its_own_python(pushe
     assert "bench/train_speed.py --no-such-flag failed" in out.stderr  # after `dvc repro preprocess` passed
 
 
-def test_make_exps_answers_which_params_gave_which_accuracy_at_120_columns_and_in_a_pipe(pushed):
-    first, _ = pushed
-    add_make(first)
-    baseline = {m: json.loads((first / f"reports/eval/{m}.json").read_text())["test"] for m in ("mlp", "cnn", "lenet")}
-    dvc(first, "exp", "run", "-S", "train.mlp.lr=0.0000001", "-n", "mlp-lr")  # surely another accuracy
-    try:
-        text = run(["make", "-s", "exps"], first, {**pipeline_env(), "COLUMNS": "120"}).stdout  # a pipe
-        md = run([sys.executable, "-m", "mnistflow.tools.exps", "--md"], first, env_with_src(first)).stdout
-    finally:
-        run(["git", "checkout", "--", "params.yaml", "dvc.lock"], first)
-        dvc(first, "checkout")
+def test_an_experiment_made_on_one_machine_is_listed_applied_and_up_to_date_on_another(pushed, tmp_path):
+    """Two clones of one bare git repo, sharing the DVC remote, stand for two machines: an
+    experiment run on A reaches B through `make exp-push` / `make exp-pull`; on B `make exps`
+    answers which params gave which accuracy (at 120 columns, in a pipe), `dvc exp apply` gives
+    A's outputs, and `dvc repro` runs nothing."""
+    first, remote = pushed
+    origin = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(first), str(origin)], tmp_path)
+    a = add_make(make_project(tmp_path / "a", first))
+    run(["git", "remote", "add", "origin", str(origin)], a)
+    baseline = {m: json.loads((a / f"reports/eval/{m}.json").read_text())["test"] for m in ("mlp", "cnn", "lenet")}
+    dvc(a, "exp", "run", "-S", "train.mlp.lr=0.0000001", "-n", "mlp-lr")  # surely another accuracy
+    run(["make", "-s", "exp-push"], a, pipeline_env())
+
+    b = add_make(clone(origin, tmp_path / "b", remote))
+    run(["make", "-s", "exp-pull"], b, pipeline_env())
+    text = run(["make", "-s", "exps"], b, {**pipeline_env(), "COLUMNS": "120"}).stdout  # a pipe
+    md = run([sys.executable, "-m", "mnistflow.tools.exps", "--md"], b, env_with_src(b)).stdout
     assert max(map(len, text.splitlines())) <= 120 and "…" not in text, text
     tables = {block.splitlines()[0]: [line.split() for line in block.splitlines()[1:]] for block in text.split("\n\n")}
     assert list(tables) == ["mlp", "cnn", "lenet"]  # one table per model
@@ -211,11 +250,19 @@ def test_make_exps_answers_which_params_gave_which_accuracy_at_120_columns_and_i
     assert header == ["experiment", "lr", "test", "crop22", "crop18"]  # what varied for it, then its accuracy
     by_name = {row[0]: row for row in rows}
     assert by_name["mlp-lr"][1] == "1e-07" and float(by_name["main"][2]) == baseline["mlp"]
+    assert float(by_name["mlp-lr"][2]) == json.loads((a / "reports/eval/mlp.json").read_text())["test"]
     for model in ("cnn", "lenet"):  # nothing of theirs varied: their accuracy, the baseline's
         header, _, *rows = tables[model]
         assert header == ["experiment", "test", "crop22", "crop18"]
         assert float({row[0]: row for row in rows}["main"][1]) == baseline[model]
     assert "| experiment | lr | test | crop22 | crop18 |" in md and "**mlp**" in md
+
+    dvc(b, "exp", "apply", "mlp-lr")
+    assert stages_run(dvc(b, "repro").stdout) == []
+    assert yaml.safe_load((b / "dvc.lock").read_text()) == yaml.safe_load((a / "dvc.lock").read_text())
+    for out in [o["path"] for stage in yaml.safe_load((a / "dvc.lock").read_text())["stages"].values()
+                for o in stage.get("outs", []) if (a / o["path"]).is_file()]:
+        assert file_md5(b / out) == file_md5(a / out), out
 
 
 def test_restore_pulls_what_the_cache_lacks(pushed, tmp_path):

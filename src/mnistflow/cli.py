@@ -27,6 +27,7 @@ COMMANDS = {
     "sources": ("mnistflow.tools.sources:main", "re-read your images (dataset: folder) before `dvc repro`"),
     "diff-report": ("mnistflow.tools.diffreport:main", "what a change did to the models, against main: Markdown for a pull request"),
     "repro-gate": ("mnistflow.tools.gate:main", "after dvc repro in CI: is dvc.lock the committed one? names what differs"),
+    "remote-check": ("mnistflow.tools.s3:main", "can the DVC remote's S3 bucket be reached? (before push and pull)"),
     "lock-check": ("mnistflow.tools.lockcheck:main", "does dvc.lock record the committed code and params?"),
     "repro-check": ("mnistflow.tools.reprocheck:main", "the pipeline twice from empty caches: do the outputs agree?"),
     "numcheck": ("mnistflow.tools.numcheck:main", "the default models' weights natively or on an emulated CPU"),

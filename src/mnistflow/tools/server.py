@@ -7,7 +7,9 @@ served through the server.
 
 The admin password comes from MNISTFLOW_ADMIN_PASSWORD, else from <dir>/admin-password, which
 `start` generates (mode 600) the first time; there is no default. Artifacts go to
-<dir>/artifacts, or to MNISTFLOW_ARTIFACTS (an S3 URI, say). A checked password is cached for
+<dir>/artifacts, or to MNISTFLOW_ARTIFACTS: s3://<bucket>/<prefix> with the server's credentials in
+AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (MLFLOW_S3_ENDPOINT_URL for an S3-compatible store), the
+bucket checked before anything starts; clients need no S3 credentials. A checked password is cached for
 MNISTFLOW_AUTH_CACHE_SECONDS (60; 0: MLflow's default, a hash check per request). PostgreSQL listens on a Unix socket
 in <dir>/run, reachable by its owner alone, and on TCP at the server's host and port + 1 for one
 database only: `optuna`, where `mnistflow tune` keeps its studies, for the role `optuna` with the
@@ -116,6 +118,13 @@ def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
             raise MnistflowError(f"a server from {folder} is running (pid file mlflow.pid): make server-stop first")
         except ProcessLookupError:  # it died or was killed: start it again, over the same database
             (folder / "mlflow.pid").unlink()
+    artifacts = os.environ.get("MNISTFLOW_ARTIFACTS") or str(folder / "artifacts")
+    if artifacts.startswith("s3://"):  # checked before anything starts: MLflow would fail at the first upload
+        from mnistflow.tools.s3 import check_bucket
+        check_bucket(artifacts, f"MNISTFLOW_ARTIFACTS ({artifacts})", {
+            "credentials": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) where the server starts",
+            "endpoint": "set MLFLOW_S3_ENDPOINT_URL to your S3 server's URL (unset for AWS)",
+            "bucket": "set MNISTFLOW_ARTIFACTS to s3://<bucket>/<prefix>"}, endpoint=os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
     pg, user = _pg_bin(), _db_user()
     folder.mkdir(parents=True, exist_ok=True)
     data, run = _cluster(folder, user)
@@ -150,7 +159,6 @@ def start(folder: Path, host: str, port: int, timeout: float = 120) -> str:
                 # A password check is a deliberately slow hash (scrypt, ~0.1 s of CPU): off, every
                 # request pays it. Cached, a changed password reaches the other worker within the TTL.
                 f"auth_cache_ttl_seconds = {os.environ.get('MNISTFLOW_AUTH_CACHE_SECONDS', '60')}\n")
-    artifacts = os.environ.get("MNISTFLOW_ARTIFACTS") or str(folder / "artifacts")
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_DISABLE_TELEMETRY": "true",
            # the UI's CSRF protection signs with it: the same across restarts
            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(folder / "flask-secret")}

@@ -4,8 +4,9 @@ on the installed DVC, so an upgrade that changes one fails there, not in a user'
 
 - `lock_entries`: a stage's dvc.lock entry while the stage still runs (DVC writes dvc.lock only
   after it), for the lineage recorded in MLflow;
-- `default_remote_url`: the default remote's URL resolved against the config file that set it
-  (`dvc remote list` prints it only as text)."""
+- `default_remote_url`, `remote_config`: a remote's settings as DVC merged them from its config
+  files (the URL resolved against the file that set it); `dvc remote list` prints only names and
+  URLs, as text, and `dvc config` one value at a time."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,10 +26,22 @@ def lock_entries(stage_name: str, root: Path | str = ".") -> dict[str, dict]:
     return entries
 
 
-def default_remote_url(root: Path | str = ".") -> str | None:
-    """The URL of the repo's default DVC remote, resolved; None when it has none."""
+def remote_config(root: Path | str = ".", name: str | None = None) -> tuple[str, dict] | None:
+    """The remote `name` (default: the repo's default remote) and its settings, merged from
+    .dvc/config and config.local (url, endpointurl, access_key_id, ...); None when there is none."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        name = repo.config["core"].get("remote")
-        return repo.config["remote"][name]["url"] if name else None
+        name = name or repo.config["core"].get("remote")
+        if not name:
+            return None
+        if name not in repo.config["remote"]:
+            from mnistflow.core.errors import MnistflowError
+            raise MnistflowError(f"no DVC remote {name!r} (dvc remote list names them)")
+        return name, dict(repo.config["remote"][name])
+
+
+def default_remote_url(root: Path | str = ".") -> str | None:
+    """The URL of the repo's default DVC remote, resolved; None when it has none."""
+    found = remote_config(root)
+    return found[1]["url"] if found else None
