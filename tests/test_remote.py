@@ -230,11 +230,13 @@ def test_an_experiment_made_on_one_machine_is_listed_applied_and_up_to_date_on_a
     experiment run on A reaches B through `make exp-push` / `make exp-pull`; on B `make exps`
     answers which params gave which accuracy (at 120 columns, in a pipe), `dvc exp apply` gives
     A's outputs, and `dvc repro` runs nothing."""
-    first, remote = pushed
-    origin = tmp_path / "origin.git"
+    first, _ = pushed
+    origin, remote = tmp_path / "origin.git", tmp_path / "dvc-remote"  # a DVC remote of their own
     run(["git", "clone", "-q", "--bare", str(first), str(origin)], tmp_path)
     a = add_make(make_project(tmp_path / "a", first))
     run(["git", "remote", "add", "origin", str(origin)], a)
+    dvc(a, "remote", "modify", "--local", "local", "url", str(remote))
+    run(["make", "-s", "push"], a, pipeline_env())  # main's outputs, as the team's remote holds them
     baseline = {m: json.loads((a / f"reports/eval/{m}.json").read_text())["test"] for m in ("mlp", "cnn", "lenet")}
     dvc(a, "exp", "run", "-S", "train.mlp.lr=0.0000001", "-n", "mlp-lr")  # surely another accuracy
     run(["make", "-s", "exp-push"], a, pipeline_env())

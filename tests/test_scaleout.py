@@ -231,12 +231,12 @@ def test_two_nodes_train_the_bytes_of_one_node_and_stop_together(tmp_path, templ
     port = free_port()
     # One store both nodes reach, as a team server would be; each machine's use sampled often.
     store = f"sqlite:///{node0 / 'mlruns/mlflow.db'}"
-    agents = [torchrun_node(node, port, tmp_path / f"{node.name}.log", MLFLOW_TRACKING_URI=store,
+    agents = [torchrun_node(node, port, tmp_path / f"{node.name}.log", MLFLOW_TRACKING_URI=store, MNISTFLOW_NODE=node.name,
                             MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2") for node in nodes]
     assert [a.wait(timeout=300) for a in agents] == [0, 0], [(tmp_path / f"{n.name}.log").read_text() for n in nodes]
     (rank0,) = [node for node in nodes if (node / "models/cnn.pt").exists()]  # rank 0 alone writes
     assert (rank0 / "models/cnn.pt").read_bytes() == (tmp_path / "one-node.pt").read_bytes()
-    two_nodes = runs_of(node0)[-1]  # one run, with a series of system metrics per machine
+    two_nodes = runs_of(node0)[-1]  # one run, with a series of system metrics per machine, named as its node tag
     assert two_nodes.data.params["world_size"] == "2"
     assert {f"system/node{n}/cpu_utilization_percentage" for n in (0, 1)} <= set(two_nodes.data.metrics)
     dvc(rank0, "commit", "--force", "train@cnn")

@@ -12,7 +12,8 @@
 - relocate: a store moved with its repo, repointed.
 
 The names the stages use are here."""
-from mnistflow.tracking.provenance import environment, file_md5, git_state, made_by, made_from, run_label, run_tags
+from mnistflow.tracking.provenance import (environment, file_md5, git_state, made_by, made_from, node, run_label,
+                                           run_tags)
 from mnistflow.tracking.registry import CANDIDATE, CHAMPION, log_model_args, model_name, promote
 from mnistflow.tracking.relocate import relocate_store
 from mnistflow.tracking.runs import (PROCESS_TAG, TrackedRun, attach_figures, dataset, download, fail_dead_runs,
@@ -24,5 +25,6 @@ from mnistflow.tracking.store import check_server, client, errors, experiment_id
 __all__ = ["CANDIDATE", "CHAMPION", "PROCESS_TAG", "TrackedRun", "attach_figures", "check_server", "client", "dataset",
            "download", "environment", "errors", "experiment_id", "fail_dead_runs", "file_md5", "find_training_run",
            "get_run", "git_state", "log_evaluation", "log_model_args", "log_report", "made_by", "made_from",
-           "metric_history", "model_name", "peer_system_metrics", "promote", "relocate_store", "reports_experiment",
-           "run_for_model", "run_label", "run_of_weights", "run_tags", "system_metrics", "tracked_run", "tracking_uri"]
+           "metric_history", "model_name", "node", "peer_system_metrics", "promote", "relocate_store",
+           "reports_experiment", "run_for_model", "run_label", "run_of_weights", "run_tags", "system_metrics",
+           "tracked_run", "tracking_uri"]

@@ -94,7 +94,7 @@ def system_metrics(run_id: str, node: str | None = None) -> Iterator[None]:
     """CPU, memory, disk, network and (with pynvml) GPU use sampled into run `run_id` while the
     block runs: MLflow's own monitor, the one `mlflow.start_run(log_system_metrics=True)` starts,
     here by run id, so it leaves the run's status to `tracked_run` and can serve another node's
-    process. `node` (node0, node1, ...) keeps one series per machine: system/<node>/..."""
+    process. `node` (a machine's name) keeps one series per machine: system/<node>/..."""
     mlflow_module()
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -110,9 +110,15 @@ def system_metrics(run_id: str, node: str | None = None) -> Iterator[None]:
 def peer_system_metrics(run_id: str | None, node: str | None):
     """For another machine's first process under torchrun: its machine's use sampled into rank
     0's run `run_id` where its store holds that run (a tracking server both reach; a machine's
-    own local store does not); else nothing."""
-    if run_id and node and store_exists() and _run_exists(client(), run_id):
-        return system_metrics(run_id, node)
+    own local store does not); else nothing. Never a reason to stop training: a store this
+    machine cannot reach is one warning."""
+    if not (run_id and node and store_exists()):
+        return nullcontext()
+    try:
+        if _run_exists(client(), run_id):
+            return system_metrics(run_id, node)
+    except (MnistflowError, *errors()) as exc:
+        log.warning("no system metrics from %s: %s", node, exc)
     return nullcontext()
 
 
@@ -143,7 +149,8 @@ def tracked_run(experiment: str, run_name: str, params: dict, tags: dict, run_id
         raise
     except BaseException as exc:
         if unreachable(exc):  # MLflow's client has retried for its whole budget: no use asking again
-            raise MnistflowError(f"the MLflow server at {tracking_uri()} stopped answering, and MLflow's client "
+            raise MnistflowError(f"the MLflow server at {tracking_uri()} stopped answering or kept failing (its "
+                                 "artifact store, say), and MLflow's client "
                                  f"gave up ({type(exc.__cause__ or exc.__context__).__name__} after its retries); "
                                  f"run {run_id} stays RUNNING "
                                  "and the last finished epoch's checkpoint is kept: run the stage again once the "

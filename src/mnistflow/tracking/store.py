@@ -25,8 +25,9 @@ def mlflow_module() -> ModuleType:
     import mlflow
     # It logs every database error with its SQL before raising it; the stage's one line says it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    # Its system-metrics monitor says when it starts and stops, and that there is no GPU: noise in a stage's log.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # Its system-metrics monitor says when it starts and stops, that there is no GPU, and that it
+    # stopped when the server did: noise beside the stage's own one line.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
     return mlflow
 
 

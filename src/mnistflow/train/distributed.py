@@ -95,12 +95,9 @@ def main(argv: list[str], prog: str = "mnistflow torchrun") -> None:
     launch(argv)
 
 
-def node() -> str | None:
-    """This process's machine when the world spans several (torchrun's GROUP_RANK: node0,
-    node1, ...), for one series of system metrics per machine; None on one machine."""
-    if not launched() or os.environ["WORLD_SIZE"] == os.environ["LOCAL_WORLD_SIZE"]:
-        return None
-    return f"node{os.environ['GROUP_RANK']}"
+def spans_machines() -> bool:
+    """Whether this process's world spans several machines (torchrun's nodes)."""
+    return launched() and os.environ["WORLD_SIZE"] != os.environ["LOCAL_WORLD_SIZE"]
 
 
 def node_leader() -> bool:

@@ -206,15 +206,16 @@ def train_model(cfg: Config, name: str, data_dir: Path, weights_path: Path,
     amp = uses_bf16(device, cfg.train.amp, cfg.numerics.mode)
     params = {**cfg.run_params(name), **numerics.what_ran(), "world_size": world.size,
               "precision": "bf16" if amp else "fp32"}
-    node = distributed.node()
+    # Across machines, one series of system metrics per machine, named as its runs' node tag.
+    node = tracking.node() if distributed.spans_machines() else None
     if not world.main:  # rank 0 alone reads and writes checkpoints, outputs and the MLflow run
         resume = distributed.from_main(None, world)
-        run_id = distributed.from_main(None, world)
         try:
-            with tracking.peer_system_metrics(run_id, node) if distributed.node_leader() else nullcontext(), \
-                    distributed.peers_or_stop(world):
-                return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name, resume=resume,
-                           world=world)
+            with distributed.peers_or_stop(world):
+                run_id = distributed.from_main(None, world)
+                with tracking.peer_system_metrics(run_id, node) if distributed.node_leader() else nullcontext():
+                    return fit(model, train, val, model_cfg, norm, seed=cfg.seed, amp=amp, name=name,
+                               resume=resume, world=world)
         except TrainingDiverged:  # rank 0 stops at the same batch: it reports it and fails the run
             return []
     checkpoint = Checkpoint(Path(checkpoint_dir) / f"{name}.pt", _checkpoint_key(params, data_dir))
