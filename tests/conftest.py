@@ -12,14 +12,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import yaml
@@ -181,6 +185,28 @@ def add_make(project: Path) -> Path:
     with open(project / ".git/info/exclude", "a") as exclude:  # as in a clone, where git tracks them
         exclude.write("".join(f"/{name}\n" for name in (*names, ".venv", ".plots")))
     return project
+
+
+@contextmanager
+def background(cmd: list[str], cwd: Path, env: dict, url: str, log: Path, timeout: float = 120) -> Iterator[Path]:
+    """`cmd` in the background (a server) until `url` answers, its output in `log`; stopped with its
+    process group when the block ends."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{' '.join(cmd)} did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def free_port() -> int:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import add_make, free_port, make_project, pipeline_env, run
+from conftest import add_make, background, free_port, make_project, pipeline_env, run
 from mnistflow.tools import screenshots as shots
 from mnistflow.tracking import file_md5
 from mnistflow.tracking.ui import HOME_PAGE_HINT
@@ -50,24 +47,9 @@ def store(project) -> MlflowClient:
 @contextmanager
 def make_target(project: Path, target: str, url: str, **variables):
     """`make TARGET` in the background until `url` answers; stopped with its process group."""
-    log = project / f".{target}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(["make", target, *(f"{k}={v}" for k, v in variables.items())], cwd=project,
-                                env=pipeline_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"make {target} did not come up:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
+    with background(["make", target, *(f"{k}={v}" for k, v in variables.items())], project, pipeline_env(), url,
+                    project / f".{target}.log") as log:
         yield log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_make_serve_answers_raw_test_images_with_class_names(project):

@@ -8,17 +8,14 @@ import base64
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, make_project, needs_postgres, pipeline_env, run
+from conftest import ROOT, background, free_port, make_project, needs_postgres, pipeline_env, run
 
 pytestmark = [pytest.mark.e2e, needs_postgres]
 MODELS = ["mlp", "cnn", "lenet"]
@@ -134,27 +131,15 @@ def test_the_pipeline_records_everything_on_the_team_server(server, tmp_path, te
     served = mlflow.pyfunc.load_model("models:/mnist-cnn@champion", dst_path=str(tmp_path))
     assert [int(c) for c in served.predict(test["images"].numpy())["class"]] == expected
     # And served from there: `mnistflow serve cnn` (make serve) against the team server.
-    port, log = free_port(), tmp_path / "serve.log"
-    serving = subprocess.Popen([sys.executable, "-m", "mnistflow.cli", "serve", "cnn", "--port", str(port)], cwd=project,
-                               env={**env, "MLFLOW_TRACKING_PASSWORD": password, "PYTHONPATH": str(ROOT / "src"),
-                                    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except OSError:
-                assert serving.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
+    port = free_port()
+    with background([sys.executable, "-m", "mnistflow.cli", "serve", "cnn", "--port", str(port)], project,
+                    {**env, "MLFLOW_TRACKING_PASSWORD": password, "PYTHONPATH": str(ROOT / "src"),
+                     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
+                    f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", timeout=180):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
                                          data=json.dumps({"inputs": test["images"][:20].tolist()}).encode())
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
         assert [int(row["class"]) for row in answer] == expected[:20]
-    finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=30)
 
     # The pull-request report links each model's weights to the run that trained them, on the server.
     report = run([sys.executable, "-m", "mnistflow.cli", "diff-report", "HEAD", "--out", str(tmp_path / "report")],
