@@ -52,17 +52,26 @@ def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
     """Queue one DVC experiment per optimizer (replacing one of the same name), run the queue."""
     failed = run_queue({exp_name(model, o): ["-S", f"train.models=[{model}]", "-S", f"train.{model}.optimizer={o}",
                                              "-S", f"train.{model}.lr={default_lr(o)}"] for o in OPTIMIZER_NAMES},
-                       jobs, timeout)
+                       jobs, timeout, model_stages(model))
     if failed:
         raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
 
 
-def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 * 3600) -> list[str]:
-    """Queue each named experiment with its `dvc exp run` arguments (replacing one of the same
-    name), run the queue on `jobs` workers, wait for it to drain; return the names that failed."""
+def model_stages(model: str) -> list[str]:
+    """What an experiment on one model runs: its training and evaluation (and what they depend
+    on), not the report page. Drawn once from the chosen result (`dvc repro`), the page is not
+    redrawn by each experiment of a batch: about 10 s each."""
+    return [f"train@{model}", f"evaluate@{model}"]
+
+
+def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 * 3600,
+              targets: list[str] | None = None) -> list[str]:
+    """Queue each named experiment with its `dvc exp run` arguments and stages to run (all by
+    default), replacing one of the same name; run the queue on `jobs` workers, wait for it to
+    drain; return the names that failed."""
     for name, args in experiments.items():
         dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
-        dvc("exp", "run", "--queue", "-n", name, *args)
+        dvc("exp", "run", "--queue", "-n", name, *args, *(targets or []))
     print(f"queued {len(experiments)} experiment{'' if len(experiments) == 1 else 's'} on {jobs} worker(s); "
           "`dvc queue status` shows them", flush=True)
     return drain(experiments, jobs, timeout)

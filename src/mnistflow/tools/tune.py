@@ -5,7 +5,8 @@
 
 params.yaml's `tune` section says what to search (docs/search.md); the flags override it, and
 `-S key=value` sets a param alike for every trial. Optuna's ask/tell loop runs over DVC's queue:
-J trials are asked, queued as DVC experiments named <study>-<trial number> and run on J queue
+J trials are asked, queued as DVC experiments named <study>-<trial number> (the model's train
+and evaluate stages: the report page is drawn once, by --apply-best) and run on J queue
 workers; each is told the validation accuracy of the weights it kept (DVC's run-cache answers a
 trial whose params an earlier experiment already ran, without training). The study lives in an
 Optuna storage (`tune.storage`; by default mlruns/optuna.db), so tune processes on several
@@ -32,7 +33,7 @@ from mnistflow.core.config import Choice, Config, FloatRange, load_config, parse
 from mnistflow.core.errors import ConfigError, MnistflowError, run_stage
 from mnistflow.core.io import write_bytes
 from mnistflow.models import model_names
-from mnistflow.tools.compare import drain, dvc, queue_states, run_queue
+from mnistflow.tools.compare import drain, dvc, model_stages, queue_states, run_queue
 from mnistflow.tracking import studies
 from mnistflow.tracking.store import sqlite_path
 from mnistflow.tools.exps import exp_show
@@ -167,8 +168,9 @@ def override(key: str, value) -> str:
 
 
 def trial_args(cfg: Config, params: dict) -> list[str]:
-    """A trial's `dvc exp run -S` arguments: the other models stay listed (DVC restores their
-    unchanged stages from its cache), so applying the best trial keeps the whole pipeline."""
+    """A trial's `dvc exp run -S` arguments: the other models stay listed (the trial runs its
+    model's stages alone, and theirs keep the baseline's entries in dvc.lock), so applying the
+    best trial keeps the whole pipeline."""
     models = [] if cfg.tune.model in cfg.train.models else ["-S", f"train.models=[{','.join(cfg.train.models)},"
                                                                   f"{cfg.tune.model}]"]
     return models + [arg for key, value in {**cfg.tune.set, **params}.items() for arg in ("-S", override(key, value))]
@@ -276,7 +278,7 @@ def search(cfg: Config, study, parent: str, timeout: float) -> None:
         names = {exp_name(study.study_name, t.number): t for t in trials}
         todo = {name: trial_args(cfg, t.params) for name, t in names.items()}
         for attempt in range(ATTEMPTS):
-            failed = run_queue(todo, cfg.tune.jobs, timeout)
+            failed = run_queue(todo, cfg.tune.jobs, timeout, model_stages(cfg.tune.model))
             todo = {name: todo[name] for name in failed}
             if not todo:
                 break
@@ -386,8 +388,9 @@ def apply_best(cfg: Config, study) -> None:
                              "clone that ran it)")
     dvc("exp", "apply", name)
     write_table(STUDY, table(cfg, study))
-    # The study's table (reports/study.json, which the experiment predates) is the report page's
-    # one input the trial lacks: redrawn here, so that `dvc repro` then runs nothing.
+    # A trial trains and evaluates its model, and leaves the report page to this repro, which
+    # draws it once, with the study's table (reports/study.json, which the trial predates): so
+    # that `dvc repro` then runs nothing.
     ran = re.findall(r"Running stage '([^']+)'", dvc("repro").stdout)
     print(f"applied {name} ({cfg.tune.objective} {best.value:.4f}, {best.params})"
           + (f"; ran {', '.join(ran)}" if ran else "") + ": `dvc repro` runs nothing now; commit params.yaml, "
