@@ -1,13 +1,15 @@
 """Shared fixtures: tiny learnable IDX datasets and a copy of the project in a temp git repo.
 
-What every end-to-end project starts with is paid once per test run, whichever xdist worker asks
-first (`built_once`): the tiny data, an empty MLflow store whose schema MLflow has migrated (about
-10 s for each fresh mlflow.db), the project in a git repo after `dvc repro preprocess` (its DVC
-cache and run-cache too: `template`), and the same after a whole `dvc repro` (`trained`).
+What every end-to-end project starts with is paid once per state of the checkout, by whichever
+test run and xdist worker asks first (`built_once`): the tiny data, an empty MLflow store whose
+schema MLflow has migrated (about 10 s for each fresh mlflow.db), the project in a git repo
+after `dvc repro preprocess` (its DVC cache and run-cache too: `template`), and the same after a
+whole `dvc repro` (`trained`).
 `make_project` copies one of them; a copy of the template's first `dvc repro` then starts at
 check_params (its params differ) and trains, with download and preprocess up to date."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,12 +39,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
 
 
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """`build(path)` once for the whole test run, by the first xdist worker to ask; the others
-    wait for it and share what it built (which nobody may change: tests copy it)."""
-    root = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        root = root.parent  # the run's folder, above each worker's own
+def checkout_key() -> str:
+    """The checkout as the fixtures see it: every file git would commit (tracked or new, not
+    ignored), by path and content, and this Python."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    digest = hashlib.sha256(sys.executable.encode())
+    for name in sorted(f for f in files if f and (ROOT / f.decode()).is_file()):
+        digest.update(name + b"\0" + (ROOT / name.decode()).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# What built_once keeps, one folder per checkout_key: outside the checkout, where DVC and git
+# commands run in it would meet the projects' own repos.
+BUILT = Path(tempfile.gettempdir()) / f"mnistflow-fixtures-{os.getuid()}"
+KEY = checkout_key()  # here, as each xdist worker starts: before any test runs
+
+
+def built_once(name: str, build) -> Path:
+    """`build(path)` once for this checkout, by the first test run and xdist worker to ask; the
+    others wait for it and share what it built (which nobody may change: tests copy it). Kept
+    between test runs while the checkout is unchanged: `make test-slow` after `make test`, as CI
+    runs them, or a test run again, starts from what the first built; any edit builds afresh."""
+    root = BUILT / KEY
+    root.mkdir(parents=True, exist_ok=True)
+    os.utime(root)  # in use
+    for other in BUILT.iterdir():  # other checkouts' builds, unused for a day
+        if other != root and time.time() - other.stat().st_mtime > 86400:
+            shutil.rmtree(other, ignore_errors=True)
     path, done = root / name, root / f"{name}.done"
     with FileLock(root / f"{name}.lock"):
         if not done.exists():
@@ -53,8 +77,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_mirror(tmp_path_factory) -> Path:
-    return built_once(tmp_path_factory, "mirror", lambda path: write_idx(path / "mnist")) / "mnist"
+def tiny_mirror() -> Path:
+    return built_once("mirror", lambda path: write_idx(path / "mnist")) / "mnist"
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
@@ -78,25 +102,25 @@ def pipeline_env() -> dict:
 
 
 @pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory) -> Path:
+def migrated_db() -> Path:
     """An empty MLflow store whose schema MLflow has migrated: copy it where a test needs a store."""
     def build(path: Path) -> None:
         from mlflow import MlflowClient
 
         path.mkdir()
         MlflowClient(f"sqlite:///{path / 'mlflow.db'}").search_experiments()  # runs the migrations
-    return built_once(tmp_path_factory, "store", build) / "mlflow.db"
+    return built_once("store", build) / "mlflow.db"
 
 
 @pytest.fixture(scope="session")
-def template(tmp_path_factory, tiny_mirror, migrated_db) -> Path:
+def template(tiny_mirror, migrated_db) -> Path:
     """The project on the tiny data after `dvc repro preprocess`, with a migrated empty store."""
     def build(project: Path) -> None:
         new_project(project, tiny_mirror)
         run([sys.executable, "-m", "dvc", "repro", "preprocess"], project, pipeline_env())
         (project / "mlruns").mkdir()
         shutil.copy(migrated_db, project / "mlruns" / "mlflow.db")
-    return built_once(tmp_path_factory, "template", build)  # dvc.lock untracked, as in a fresh clone
+    return built_once("template", build)  # dvc.lock untracked, as in a fresh clone
 
 
 def build_trained(template: Path):
@@ -113,15 +137,15 @@ def build_trained(template: Path):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, template) -> tuple[Path, str]:
+def trained(template) -> tuple[Path, str]:
     """The template after a whole `dvc repro` (mlp trained 2 epochs; dvc.lock uncommitted), and
     what that `dvc repro` printed: copy it with `make_project(dest, trained[0])`."""
-    project = built_once(tmp_path_factory, "trained", build_trained(template))
+    project = built_once("trained", build_trained(template))
     return project, (project.parent / "trained.out").read_text()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def trained_in_the_background(request, tmp_path_factory):
+def trained_in_the_background(request):
     """Start building `trained` at once, beside the first tests, when any test of the run uses
     it: else one worker builds it (about a minute) while the other waits for it, a core idle."""
     if not any("trained" in item.fixturenames for item in request.session.items):
@@ -132,7 +156,7 @@ def trained_in_the_background(request, tmp_path_factory):
     except Exception:  # noqa: BLE001  (the tests that use it fail with its error; the others run)
         yield
         return
-    builder = threading.Thread(target=built_once, args=(tmp_path_factory, "trained", build_trained(template)),
+    builder = threading.Thread(target=built_once, args=("trained", build_trained(template)),
                                daemon=True)
     builder.start()  # a failed build leaves no .done: the fixture builds again and fails with its error
     yield
