@@ -50,10 +50,21 @@ def checkout_key() -> str:
     return digest.hexdigest()[:16]
 
 
-# What built_once keeps, one folder per checkout_key: outside the checkout, where DVC and git
-# commands run in it would meet the projects' own repos.
-BUILT = Path(tempfile.gettempdir()) / f"mnistflow-fixtures-{os.getuid()}"
-KEY = checkout_key()  # here, as each xdist worker starts: before any test runs
+def fixture_home() -> Path:
+    """Where built_once keeps what it builds for this checkout: one folder per checkout_key,
+    outside the checkout (where DVC and git commands run in it would meet the projects' own
+    repos). Other checkouts' folders unused for a day are removed."""
+    built = Path(tempfile.gettempdir()) / f"mnistflow-fixtures-{os.getuid()}"
+    home = built / checkout_key()
+    home.mkdir(parents=True, exist_ok=True)
+    os.utime(home)  # in use
+    for other in built.iterdir():
+        if other != home and time.time() - other.stat().st_mtime > 86400:
+            shutil.rmtree(other, ignore_errors=True)
+    return home
+
+
+BUILT = fixture_home()  # here, as each xdist worker starts: before any test runs
 
 
 def built_once(name: str, build) -> Path:
@@ -61,14 +72,8 @@ def built_once(name: str, build) -> Path:
     others wait for it and share what it built (which nobody may change: tests copy it). Kept
     between test runs while the checkout is unchanged: `make test-slow` after `make test`, as CI
     runs them, or a test run again, starts from what the first built; any edit builds afresh."""
-    root = BUILT / KEY
-    root.mkdir(parents=True, exist_ok=True)
-    os.utime(root)  # in use
-    for other in BUILT.iterdir():  # other checkouts' builds, unused for a day
-        if other != root and time.time() - other.stat().st_mtime > 86400:
-            shutil.rmtree(other, ignore_errors=True)
-    path, done = root / name, root / f"{name}.done"
-    with FileLock(root / f"{name}.lock"):
+    path, done = BUILT / name, BUILT / f"{name}.done"
+    with FileLock(BUILT / f"{name}.lock"):
         if not done.exists():
             shutil.rmtree(path, ignore_errors=True)  # what a failed build left
             build(path)

@@ -57,21 +57,21 @@ def run_experiments(model: str, jobs: int, timeout: float = 6 * 3600) -> None:
         raise MnistflowError(f"experiments failed: {', '.join(failed)} (`dvc queue logs <name>` says why)")
 
 
-def model_stages(model: str) -> list[str]:
+def model_stages(model: str) -> tuple[str, ...]:
     """What an experiment on one model runs: its training and evaluation (and what they depend
     on), not the report page. Drawn once from the chosen result (`dvc repro`), the page is not
     redrawn by each experiment of a batch: about 10 s each."""
-    return [f"train@{model}", f"evaluate@{model}"]
+    return f"train@{model}", f"evaluate@{model}"
 
 
 def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 * 3600,
-              targets: list[str] | None = None) -> list[str]:
+              targets: tuple[str, ...] = ()) -> list[str]:
     """Queue each named experiment with its `dvc exp run` arguments and stages to run (all by
     default), replacing one of the same name; run the queue on `jobs` workers, wait for it to
     drain; return the names that failed."""
     for name, args in experiments.items():
         dvc("exp", "remove", name, check=False)  # run again, an experiment replaces the old one
-        dvc("exp", "run", "--queue", "-n", name, *args, *(targets or []))
+        dvc("exp", "run", "--queue", "-n", name, *args, *targets)
     print(f"queued {len(experiments)} experiment{'' if len(experiments) == 1 else 's'} on {jobs} worker(s); "
           "`dvc queue status` shows them", flush=True)
     return drain(experiments, jobs, timeout)
