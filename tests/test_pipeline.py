@@ -534,6 +534,8 @@ def test_compare_optimizers_lands_five_queued_experiments_and_draws_them(project
               {**pipeline_env(), "PYTHONPATH": str(project / "src")}, check=False, timeout=900)
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{workers[-3000:]}"
+    # Each runs its model's stages, not the report page (drawn once, below).
+    assert stages_run(dvc(project, "queue", "logs", "mlp-sgd").stdout) == ["check_params", "train@mlp", "evaluate@mlp"]
     names = [f"mlp-{o}" for o in ("sgd", "adam", "adadelta", "adagrad", "rmsprop")]
     shown = dvc(project, "exp", "show", "--no-pager", "--only-changed").stdout
     assert all(name in shown for name in names), shown

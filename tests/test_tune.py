@@ -68,6 +68,8 @@ def test_a_study_runs_each_trial_as_a_dvc_experiment_and_a_child_run_in_mlflow(p
     out = tune(project, "--trials", str(TRIALS), "--jobs", "2", "--study", "s1")
     workers = "".join(f.read_text() for f in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
     assert f"study s1: {TRIALS} of {TRIALS} trials complete" in out.stdout, out.stdout + out.stderr + workers[-3000:]
+    # A trial runs its model's stages, not the report page (drawn once, when the best is applied).
+    assert stages_run(dvc(project, "queue", "logs", "s1-0").stdout) == ["check_params", "train@mlp", "evaluate@mlp"]
     shown = dvc(project, "exp", "show", "--no-pager", "--only-changed").stdout
     names = [f"s1-{n}" for n in range(TRIALS)]
     assert all(name in shown for name in names), shown  # as the user sees them
