@@ -28,7 +28,9 @@ def test_an_unseeded_shuffle_is_caught(tmp_path, template):
     assert seeded in splits.read_text()
     splits.write_text(splits.read_text().replace(seeded, "order = torch.randperm(len(train))"))
     subprocess.run(["git", "commit", "-q", "-am", "unseeded split"], cwd=project, check=True, env=pipeline_env())
-    proc = subprocess.run([sys.executable, "-m", "mnistflow.tools.reprocheck", "--repo", str(project), "--models", "lenet"],
+    # preprocess, where the split is drawn, and what it depends on: the whole pipeline is CI's `make repro-check`
+    proc = subprocess.run([sys.executable, "-m", "mnistflow.tools.reprocheck", "--repo", str(project), "--target",
+                           "preprocess"],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**pipeline_env(), "PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 1, proc.stdout + proc.stderr
