@@ -420,7 +420,7 @@ def test_system_metrics_off_trains_the_same_bytes_and_reruns_no_stage_of_its_own
     assert not [k for k in latest.data.metrics if k.startswith("system/")]
 
 
-def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
+def test_second_repro_does_nothing_an_lr_change_reruns_one_model_and_restore_gives_the_first_back(project, tmp_path):
     project, _ = project
     before = len(runs_of(project))
     again = dvc(project, "repro")
@@ -436,6 +436,35 @@ def test_second_repro_does_nothing_and_lr_change_reruns_one_model(project):
     assert len(runs_of(project)) == before + 1
     assert latest.data.params["model"] == "cnn" and latest.data.params["lr"] == "0.01"
     assert latest.info.run_name.endswith("-dirty")  # made from uncommitted changes
+
+    # The workspace has moved on: the first run of cnn, restored by its MLflow id, gives its model back.
+    (first_cnn,) = [r for r in FIRST_RUNS if r.data.params["model"] == "cnn"]
+    assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]
+    env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
+    shown = run([sys.executable, "-m", "mnistflow.cli", "lineage", first_cnn.info.run_id], project, env).stdout
+    assert f"model md5    {first_cnn.data.tags['model_md5']}" in shown
+    assert "stage train@cnn" in shown and "data/processed/train.pt" in shown and "param train.cnn" in shown
+    dest = tmp_path / "restored"
+    run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id, str(dest)], project, env)
+    assert (dest / "models/cnn.pt").read_bytes() == FIRST_CNN[0]
+    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["cnn"]["lr"] == \
+        float(first_cnn.data.params["lr"])
+
+    # When the cache no longer holds the model, say so and how to get it.
+    cached = project / ".dvc/cache/files/md5" / first_cnn.data.tags["model_md5"][:2] / \
+        first_cnn.data.tags["model_md5"][2:]
+    cached.rename(tmp_path / "saved")
+    try:
+        failed = run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id,
+                      str(tmp_path / "again")], project, env, check=False)
+    finally:
+        (tmp_path / "saved").rename(cached)
+    assert failed.returncode == 1
+    assert "nor a remote holds the model" in failed.stderr and "make push" in failed.stderr
+    for command in (["lineage", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
+        bad = run([sys.executable, "-m", "mnistflow.cli", *command], project, env, check=False)
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr
+        assert bad.stderr.startswith("error: no MLflow run '0123456789abcdef'") and bad.stderr.count("\n") == 1
 
 
 def test_dvc_exp_run_temp_lands_in_the_same_store_and_fast_numerics_say_so(project):
@@ -489,39 +518,6 @@ def test_visualization_and_variant_changes_retrain_nothing(project, tmp_path):
     ran = change("preprocess.variants", variants)
     assert ran == ["check_params", "preprocess", "evaluate@mlp", "evaluate@cnn", "evaluate@lenet", "visualize"]
     assert "crop24" in json.loads((project / "reports/eval/cnn.json").read_text())
-
-
-def test_restore_a_run_by_its_mlflow_id_gives_its_model_back(project, tmp_path):
-    project, _ = project
-    (first_cnn,) = [r for r in FIRST_RUNS if r.data.params["model"] == "cnn"]
-    set_params(project, "train.cnn.lr", 0.02)  # the workspace moves on (whatever ran before)
-    dvc(project, "repro")
-    assert (project / "models/cnn.pt").read_bytes() != FIRST_CNN[0]
-    env = {**pipeline_env(), "PYTHONPATH": str(ROOT / "src")}
-    shown = run([sys.executable, "-m", "mnistflow.cli", "lineage", first_cnn.info.run_id], project, env).stdout
-    assert f"model md5    {first_cnn.data.tags['model_md5']}" in shown
-    assert "stage train@cnn" in shown and "data/processed/train.pt" in shown and "param train.cnn" in shown
-    dest = tmp_path / "restored"
-    run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id, str(dest)], project, env)
-    assert (dest / "models/cnn.pt").read_bytes() == FIRST_CNN[0]
-    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["cnn"]["lr"] == \
-        float(first_cnn.data.params["lr"])
-
-    # When the cache no longer holds the model, say so and how to get it.
-    cached = project / ".dvc/cache/files/md5" / first_cnn.data.tags["model_md5"][:2] / \
-        first_cnn.data.tags["model_md5"][2:]
-    cached.rename(tmp_path / "saved")
-    try:
-        failed = run([sys.executable, "-m", "mnistflow.cli", "restore", first_cnn.info.run_id,
-                      str(tmp_path / "again")], project, env, check=False)
-    finally:
-        (tmp_path / "saved").rename(cached)
-    assert failed.returncode == 1
-    assert "nor a remote holds the model" in failed.stderr and "make push" in failed.stderr
-    for command in (["lineage", "0123456789abcdef"], ["restore", "0123456789abcdef", str(tmp_path / "x")]):
-        bad = run([sys.executable, "-m", "mnistflow.cli", *command], project, env, check=False)
-        assert bad.returncode == 1 and "Traceback" not in bad.stderr
-        assert bad.stderr.startswith("error: no MLflow run '0123456789abcdef'") and bad.stderr.count("\n") == 1
 
 
 @pytest.mark.slow  # minutes: make test-slow (CI) runs it
