@@ -1,5 +1,5 @@
 """Data-parallel training: `train.nproc: 2` under torchrun on the CPU (gloo), through the real
-`dvc repro`, against the same pipeline with one process."""
+`dvc repro`, against the same train stage with one process."""
 from __future__ import annotations
 
 import json
@@ -27,9 +27,11 @@ def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, templa
     set_params(project, "train.models", ["mlp"])
     # fp32: bf16 rounds a half batch's products otherwise than a whole one's (by far more than 1e-4)
     set_params(project, "train.amp", False)
-    dvc(project, "repro")
-    single = json.loads((project / "reports/train/mlp.json").read_text())
-    single_weights = torch.load(project / "models/mlp.pt", weights_only=True)
+    # One process: the train stage's own command (the first MLflow run), what two must match.
+    run([sys.executable, "stages/train.py", "mlp", "data/processed", "one.pt", "one.json", "one.csv"], project,
+        pipeline_env())
+    single = json.loads((project / "one.json").read_text())
+    single_weights = torch.load(project / "one.pt", weights_only=True)
 
     set_params(project, "train.nproc", 2)
     out = dvc(project, "repro")
