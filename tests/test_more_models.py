@@ -1,27 +1,34 @@
 """The tutorials' other models through the real pipeline: two_layer (its own autograd ReLU) and
-dynamic (a depth drawn per pass) train, evaluate and are logged; two clean runs of the pipeline
-give byte-identical outputs, dynamic's weights included."""
+dynamic (a depth drawn per pass) train, evaluate and are logged, and their stages run again give
+the same bytes, dynamic's weights included (whole clean runs twice are `make repro-check`'s)."""
 import json
+import sys
 
 import pytest
+import yaml
 
-from conftest import add_make, make_project, pipeline_env, run, runs_of
-from mnistflow.tools.reprocheck import compare, pipeline_run
+from conftest import add_make, make_project, pipeline_env, run, runs_of, set_params, stages_run
+from mnistflow.tools.reprocheck import output_hashes
 
 pytestmark = pytest.mark.e2e
 MODELS = ["two_layer", "dynamic"]
 
 
 @pytest.mark.slow  # minutes: make test-slow (CI) runs it
-def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, template, tiny_mirror):
-    project = make_project(tmp_path / "project", template)
-    first, second = (pipeline_run(project, tmp_path / name, tiny_mirror, MODELS) for name in ("first", "second"))
-    assert compare(first, second) == []
-    lock, _ = first
-    assert {"train@two_layer", "train@dynamic", "evaluate@two_layer", "evaluate@dynamic"} <= set(lock["stages"])
+def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, template):
+    project = make_project(tmp_path / "project", template, **{m: {"epochs": 2, "batch_size": 64} for m in MODELS})
+    set_params(project, "train.models", MODELS)
+    stages = [f"{stage}@{model}" for stage in ("train", "evaluate") for model in MODELS]
+    dvc = [sys.executable, "-m", "dvc"]
+    first = run([*dvc, "repro"], project, pipeline_env()).stdout
+    assert set(stages) | {"visualize"} <= set(stages_run(first))
+    lock = (project / "dvc.lock").read_text()
+    forced = run([*dvc, "repro", "--force", "--single-item", *stages], project, pipeline_env()).stdout
+    assert sorted(stages_run(forced)) == sorted(stages)  # run again (--force: not from the run-cache)
+    assert output_hashes(yaml.safe_load((project / "dvc.lock").read_text())) == output_hashes(yaml.safe_load(lock))
     for model in MODELS:  # learned something (chance is 0.1)
-        assert json.loads((tmp_path / f"first/reports/eval/{model}.json").read_text())["test"] > 0.3
-    runs = {r.data.params["model"]: r for r in runs_of(tmp_path / "first")}
+        assert json.loads((project / f"reports/eval/{model}.json").read_text())["test"] > 0.3
+    runs = {r.data.params["model"]: r for r in runs_of(project)}
     assert set(runs) == set(MODELS)
     for r in runs.values():
         assert r.info.status == "FINISHED" and "test_acc" in r.data.metrics and r.data.tags["model_md5"]
