@@ -89,10 +89,10 @@ def pipeline_run(repo: Path, clone: Path, mirror: Path, models: list[str] | None
        "commit", "-q", "-am", "repro-check: tiny config")
     (clone / "dvc.lock").unlink(missing_ok=True)  # the committed one is of other data: hold only what runs here
     dvc = [sys.executable, "-m", "dvc"]
-    targets = [target, "--with-deps"] if target else []
-    sh(*dvc, "repro", *targets[:1])
+    sh(*dvc, "repro", *([target] if target else []))
     problems = []
-    status = json.loads(sh(*dvc, "status", "--json", *targets))  # an unchanged workspace is up to date
+    with_deps = [target, "--with-deps"] if target else []
+    status = json.loads(sh(*dvc, "status", "--json", *with_deps))  # an unchanged workspace is up to date
     if status:
         problems.append(f"dvc status after dvc repro is not clean: {status}")
     # dvc.lock is meant to be committed; anything else showing up escaped .gitignore.
