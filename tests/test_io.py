@@ -1,4 +1,5 @@
-"""Atomic writes: a normal file's mode, and never a rename over something that is not a file."""
+"""Atomic writes: a normal file's mode, and never a rename over something that is not a file;
+how a stage reports a full disk and a signal as it exits."""
 import os
 import stat
 
@@ -53,3 +54,21 @@ def test_a_full_disk_is_found_anywhere_in_the_chain():
         assert out_of_space(exc).startswith("writing an SQLite")
     assert out_of_space(RuntimeError("database or disk is full")) is None  # the text alone proves nothing
     assert out_of_space(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_a_sigterm_while_a_stage_exits_is_not_a_traceback():
+    """torchrun stops a worker group as its workers exit: the SIGTERM can land in atexit's
+    finalizers (torch's among them), after the stage's one line, and must add nothing to it."""
+    import subprocess
+    import sys
+
+    exiting = """
+import atexit, os, signal, time
+from mnistflow.core.errors import MnistflowError, run_stage
+def main():
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))
+    raise MnistflowError("another one is gone")
+run_stage(main)
+"""
+    out = subprocess.run([sys.executable, "-c", exiting], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (1, "error: another one is gone\n")

@@ -51,12 +51,17 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; a user error prints one message and exits non-zero, no traceback.
 
     SIGTERM is turned into KeyboardInterrupt so cleanup (an MLflow run ending KILLED,
-    temporary files removed) runs for it as for Ctrl-C.
+    temporary files removed) runs for it as for Ctrl-C; once main is over, it is ignored.
     """
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        main()
+        try:
+            main()
+        finally:
+            # The process is on its way out: a SIGTERM now (torchrun stopping a worker that is
+            # already exiting) must not raise into the report below or atexit's finalizers.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except MnistflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
