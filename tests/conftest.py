@@ -106,6 +106,11 @@ def pipeline_env() -> dict:
     return {**user_env(), "API_TOKEN": SECRET}
 
 
+
+def dvc(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in `project`, with the installed DVC and a user's environment."""
+    return run([sys.executable, "-m", "dvc", *args], project, env or pipeline_env(), check=check)
+
 @pytest.fixture(scope="session")
 def migrated_db() -> Path:
     """An empty MLflow store whose schema MLflow has migrated: copy it where a test needs a store."""

@@ -5,7 +5,6 @@ figures, the MLflow model's signature."""
 from __future__ import annotations
 
 import json
-import sys
 
 import matplotlib.image
 import mlflow
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_project, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import dvc, make_project, runs_of, set_params, stages_run
 from mnistflow.data.datasets import DATASETS
 from mnistflow.models import create_model
 from mnistflow.data.synthetic import write_cifar
@@ -22,9 +21,6 @@ pytestmark = pytest.mark.e2e
 MODELS = ["seq_cnn", "mlp"]
 SHAPE = (3, 32, 32)
 
-
-def dvc(project, *args, check=True):
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env(), check=check)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import ROOT, make_project, pipeline_env, run, runs_of, set_params
+from conftest import ROOT, dvc, make_project, pipeline_env, run, runs_of, set_params
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
@@ -17,9 +17,6 @@ pytestmark = pytest.mark.e2e
 # the order of float sums: on 100 validation images, at most 3 may change sides.
 TOLERANCE = 0.03
 
-
-def dvc(project, *args, check=True):
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env(), check=check)
 
 
 def test_two_processes_train_like_one_and_reproduce_to_the_byte(tmp_path, template):

@@ -3,16 +3,12 @@ against the installed DVC on a real two-stage repo: an upgrade that changes one 
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import yaml
 
-from conftest import pipeline_env, run
+from conftest import dvc
 from mnistflow.tracking.dvc_internals import default_remote_url, lock_entries, remote_config
 
-
-def dvc(repo, *args):
-    return run([sys.executable, "-m", "dvc", *args], repo, pipeline_env())
 
 
 def test_lock_entries_are_what_dvc_writes_into_dvc_lock_and_the_remote_url_is_resolved(tmp_path, monkeypatch):

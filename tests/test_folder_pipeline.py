@@ -17,15 +17,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_project, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import ROOT, dvc, make_project, pipeline_env, run, runs_of, set_params, stages_run
 from mnistflow.data.synthetic import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLASSES = ["cat", "dog", "owl"]
 
-
-def dvc(project, *args):
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env())
 
 
 def folder_project(tmp_path: Path, template: Path, split: bool) -> Path:

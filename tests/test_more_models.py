@@ -2,12 +2,11 @@
 dynamic (a depth drawn per pass) train, evaluate and are logged, and their stages run again give
 the same bytes, dynamic's weights included (whole clean runs twice are `make repro-check`'s)."""
 import json
-import sys
 
 import pytest
 import yaml
 
-from conftest import add_make, make_project, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import add_make, dvc, make_project, pipeline_env, run, runs_of, set_params, stages_run
 from mnistflow.tools.reprocheck import output_hashes
 
 pytestmark = pytest.mark.e2e
@@ -19,11 +18,10 @@ def test_two_layer_and_dynamic_train_and_reproduce_byte_for_byte(tmp_path, templ
     project = make_project(tmp_path / "project", template, **{m: {"epochs": 2, "batch_size": 64} for m in MODELS})
     set_params(project, "train.models", MODELS)
     stages = [f"{stage}@{model}" for stage in ("train", "evaluate") for model in MODELS]
-    dvc = [sys.executable, "-m", "dvc"]
-    first = run([*dvc, "repro"], project, pipeline_env()).stdout
+    first = dvc(project, "repro").stdout
     assert set(stages) | {"visualize"} <= set(stages_run(first))
     lock = (project / "dvc.lock").read_text()
-    forced = run([*dvc, "repro", "--force", "--single-item", *stages], project, pipeline_env()).stdout
+    forced = dvc(project, "repro", "--force", "--single-item", *stages).stdout
     assert sorted(stages_run(forced)) == sorted(stages)  # run again (--force: not from the run-cache)
     assert output_hashes(yaml.safe_load((project / "dvc.lock").read_text())) == output_hashes(yaml.safe_load(lock))
     for model in MODELS:  # learned something (chance is 0.1)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, SECRET, commit, make_project, pending, pipeline_env, run, runs_of, set_params, stages_run
+from conftest import ROOT, SECRET, commit, dvc, make_project, pending, pipeline_env, run, runs_of, set_params, stages_run
 from mnistflow.tracking import file_md5
 from mnistflow.tracking.ui import ui_url
 
@@ -27,9 +27,6 @@ pytestmark = pytest.mark.e2e
 MODELS = ["mlp", "cnn", "lenet"]
 EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"}
 
-
-def dvc(project, *args):
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env())
 
 
 def client_for(project) -> MlflowClient:

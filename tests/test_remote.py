@@ -18,15 +18,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import add_make, free_port, make_project, pending, pipeline_env, run, set_params, stages_run
+from conftest import add_make, dvc, free_port, make_project, pending, pipeline_env, run, set_params, stages_run
 from mnistflow.tracking import file_md5
 
 pytestmark = pytest.mark.e2e
 LOCK_CHECK = [sys.executable, "-m", "mnistflow.tools.lockcheck"]
 
-
-def dvc(repo, *args, check=True, env=None):
-    return run([sys.executable, "-m", "dvc", *args], repo, env or pipeline_env(), check=check)
 
 
 def env_with_src(repo) -> dict:

@@ -16,17 +16,14 @@ import psutil
 import pytest
 import yaml
 
-from conftest import (ROOT, free_port, make_project, needs_postgres, pending, pipeline_env, run, runs_of, set_params,
-                      stages_run)
+from conftest import (ROOT, dvc, free_port, make_project, needs_postgres, pending, pipeline_env, run, runs_of,
+                      set_params, stages_run)
 from mnistflow.core.io import load_torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TRAIN = ["stages/train.py", "cnn", "data/processed", "models/cnn.pt", "reports/train/cnn.json",
          "reports/train/cnn.csv"]
 
-
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env(), check=check)
 
 
 def files(root: Path) -> dict[str, tuple[int, int]]:

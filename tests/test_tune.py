@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, commit, free_port, make_project, needs_postgres, pipeline_env, run, set_params, stages_run
+from conftest import ROOT, commit, dvc, free_port, make_project, needs_postgres, pipeline_env, run, set_params, stages_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # minutes: make test-slow (CI) runs it
 
@@ -28,9 +28,6 @@ def tune(project, *args, check=True, timeout=900):
     return run([sys.executable, "-m", "mnistflow.cli", "tune", *args], project, pipeline_env(), check=check,
                timeout=timeout)
 
-
-def dvc(project, *args):
-    return run([sys.executable, "-m", "dvc", *args], project, pipeline_env())
 
 
 def optuna_study(project, name):
