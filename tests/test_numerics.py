@@ -16,16 +16,16 @@ from conftest import ROOT
 from mnistflow.tools import numcheck
 from mnistflow.core import numerics
 
-# What `python -m mnistflow.tools.numcheck` prints with portable numerics at 2 threads: the same on this
-# project's AMD EPYC (Zen 4, AVX-512) machine and under qemu as Haswell-v4 and EPYC-Rome.
+# What `python -m mnistflow.tools.numcheck` prints with portable numerics at 2 threads: the same on an
+# Intel Xeon (AVX-512, AMX) and under qemu as Haswell-v4 and EPYC-Rome.
 GOLDEN = {
-    "preprocess": "616c9f8bf93cb12ed3318c059418d89f",
-    "mlp": "70f6c74b14b36d826ce3ee8bbbd35732",
-    "mlp evaluation": "6a27c61f19dbcb13f295335736916e02",
-    "cnn": "905664ec7ea3d69b46f45223a769357b",
-    "cnn evaluation": "859a27c473ee46857b1b78b737a42d60",
-    "lenet": "ced5ed7c8ca43c668b67f162d214bc53",
-    "lenet evaluation": "13d621687d546b3bf533cae764369e25",
+    "preprocess": "980630960200bcbc5839b14b553bac0d",
+    "mlp": "a35e7f4fbc3faa9d48130152c0de1e05",
+    "mlp evaluation": "9a145b7dcfb04f54557ad8d7b3629dcf",
+    "cnn": "421e10bacf3972316e23995ff404f18b",
+    "cnn evaluation": "390f8595ff10796a2a31c5e297f734aa",
+    "lenet": "43ef101660422eed3afccff8f6dbf5ea",
+    "lenet evaluation": "27c3107c2623be5983790d6f987edfd2",
 }
 portable_cpu = pytest.mark.skipif(not numerics.portable_cpu(), reason="not an x86-64 CPU with AVX2 and FMA")
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-x86_64") is None,

