@@ -31,7 +31,7 @@ from mnistflow import tracking
 from mnistflow.cli import Parser
 from mnistflow.core.config import Choice, Config, FloatRange, load_config, parse_config
 from mnistflow.core.errors import ConfigError, MnistflowError, run_stage
-from mnistflow.core.io import write_bytes
+from mnistflow.core.io import atomic_path, write_bytes
 from mnistflow.models import model_names
 from mnistflow.tools.compare import drain, dvc, model_stages, queue_states, run_queue
 from mnistflow.tracking import studies
@@ -367,9 +367,8 @@ def draw(study, out: Path) -> list[Path]:
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         path = out / f"{name}.png"
         fig.set_size_inches(max(fig.get_size_inches()[0], 7), 4.5)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
