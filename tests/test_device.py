@@ -90,8 +90,8 @@ def test_determinism_seeds_and_sets_flags_on_an_accelerator_only():
 
 FREED_BYTES = """
 import ctypes, sys
-from mnistflow.core.device import keep_freed_memory
-if sys.argv[1] == "keep":
+if sys.argv[1] == "keep":  # only here: the module loads torch (2 s), which the default needs not
+    from mnistflow.core.device import keep_freed_memory
     assert keep_freed_memory()
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
     _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]

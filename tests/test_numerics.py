@@ -72,12 +72,15 @@ def test_leaving_out_any_one_pin_breaks_the_agreement(pin):
 def test_pin_sets_the_portable_environment_and_refuses_once_torch_is_loaded():
     code = ("import os, sys; from mnistflow.core.numerics import pin; pin(sys.argv[1], 4, 2); "
             "print(' '.join(os.environ.get(k, '-') for k in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR', "
-            "'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'))); import torch; pin('fast', 2)")
+            "'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ATEN_CPU_CAPABILITY": "avx512"}
     for mode, expected in (("portable", "avx2 COMPATIBLE AVX2 2 2"), ("fast", "- - - 2 2")):
         proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=120)
         assert proc.stdout.split("\n")[0] == expected  # fast takes PyTorch's own choice, not a leftover pin
-        assert "numerics.pin must run before torch is imported" in proc.stderr
+    # Once torch is loaded, any pin is refused (whatever the mode: one Python importing torch shows it).
+    late = subprocess.run([sys.executable, "-c", code + "; import torch; pin('fast', 2)", "portable"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert "numerics.pin must run before torch is imported" in late.stderr
 
 
 def test_threads_are_shared_by_the_processes_of_a_torchrun_world(monkeypatch):
