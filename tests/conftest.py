@@ -36,6 +36,10 @@ from mnistflow.tracking import relocate_store
 from mnistflow.data.synthetic import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two xdist workers share the cores, each running stages with numerics.threads threads: OpenMP
+# threads that spin while they wait would take the CPU the other worker's stages need (2x slower
+# on 2 cores, bench/shared_cpu.py). How threads wait changes no result. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SECRET = "s3cr3t-token-in-the-environment"  # in every pipeline's environment; must never reach MLflow
 
 

@@ -92,6 +92,15 @@ def test_threads_are_shared_by_the_processes_of_a_torchrun_world(monkeypatch):
     assert os.environ["OMP_NUM_THREADS"] == "1"
 
 
+def test_queue_workers_that_share_the_cores_wait_passively_unless_the_user_said_otherwise(monkeypatch):
+    from mnistflow.tools.compare import workers_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert workers_env(1) == {} and workers_env(2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert workers_env(4) == {}
+
+
 @pytest.mark.parametrize("machine, flags, expected", [
     ("x86_64", "fpu sse2 avx avx2 fma avx512f", True),
     ("x86_64", "fpu sse2 avx avx2 fma", True),

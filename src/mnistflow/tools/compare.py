@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,8 +42,9 @@ def exp_name(model: str, optimizer: str) -> str:
     return f"{model}-{optimizer}"
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+def dvc(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True,
+                          env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         raise MnistflowError(f"dvc {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}".rstrip())
     return proc
@@ -77,9 +79,17 @@ def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 *
     return drain(experiments, jobs, timeout)
 
 
+def workers_env(jobs: int) -> dict:
+    """What queue workers that share the cores add to their environment. OpenMP threads that spin
+    while they wait take the CPU the other workers' training needs (two at once 2x slower on 2
+    cores); waiting passively costs a lone training 5 to 20%: so with several workers only, and
+    never over the user's own choice (bench/shared_cpu.py). It changes no result."""
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in os.environ else {}
+
+
 def drain(names, jobs: int, timeout: float = 6 * 3600) -> list[str]:
     """Run the queue on `jobs` workers until the named experiments are done; the names that failed."""
-    dvc("queue", "start", "-j", str(jobs))
+    dvc("queue", "start", "-j", str(jobs), env=workers_env(jobs))  # the workers pass it to their stages
     deadline = time.monotonic() + timeout
     try:
         while True:
