@@ -82,7 +82,7 @@ def run_queue(experiments: dict[str, list[str]], jobs: int, timeout: float = 6 *
 def workers_env(jobs: int) -> dict:
     """What queue workers that share the cores add to their environment. OpenMP threads that spin
     while they wait take the CPU the other workers' training needs (two at once 2x slower on 2
-    cores); waiting passively costs a lone training 5 to 20%: so with several workers only, and
+    cores); waiting passively costs a lone training 8 to 23%: so with several workers only, and
     never over the user's own choice (bench/shared_cpu.py). It changes no result."""
     return {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in os.environ else {}
 
