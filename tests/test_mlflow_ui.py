@@ -14,6 +14,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -104,6 +105,18 @@ def assert_training_layout_with_the_view(page) -> None:
     nav = page.inner_text("aside")  # the model-training layout, not GenAI's (traces, judges)
     assert "Model registry" in nav and "Judges" not in nav, nav
     assert "You're viewing a shared view" in page.inner_text("body")  # the view's banner
+
+
+def test_make_ui_is_one_server_process_without_mlflows_job_runner(ui):
+    """MLflow's defaults: 4 workers and a job runner (ten processes, 30 s of CPU to start); ours: one."""
+    port = int(ui[0].rsplit(":", 1)[1])
+    server = psutil.Process(next(c.pid for c in psutil.net_connections("tcp")
+                                 if c.laddr.port == port and c.status == psutil.CONN_LISTEN))
+    while "mlflow" in " ".join(server.parent().cmdline()):  # up to `mlflow server`, under make
+        server = server.parent()
+    tree = [" ".join(p.cmdline()) for p in (server, *server.children(recursive=True))]
+    assert not [c for c in tree if "huey" in c or "_job_runner" in c], tree
+    assert len(tree) == 2, tree  # `mlflow server` and its uvicorn, serving alone (no worker processes)
 
 
 def test_every_link_make_ui_prints_opens_the_training_layout_with_the_view_filled(project, ui, browser, screenshots):

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from mnistflow.core.errors import MnistflowError
 from mnistflow.cli import Parser
+from mnistflow.tools.server import NO_JOB_RUNNER
 
 STUDY_TABLE = Path("reports/study.json")  # the study the report page shows (mnistflow tune)
 
@@ -50,8 +51,8 @@ def ui_server(store_uri: str) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", store_uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                             "--backend-store-uri", store_uri, "--workers", "1"], env={**os.environ, **NO_JOB_RUNNER},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -12,6 +12,7 @@ from pathlib import Path
 from mnistflow.cli import Parser
 from mnistflow.core.errors import MnistflowError
 from mnistflow.core.io import repo_root
+from mnistflow.tools.server import NO_JOB_RUNNER
 from mnistflow.tracking import lineage, store, ui
 
 
@@ -57,8 +58,10 @@ def serve_ui(argv: list[str], prog: str) -> None:
         raise MnistflowError(f"MLFLOW_TRACKING_URI names a server ({uri}): open it there instead")
     os.environ["MLFLOW_UI_URL"] = f"http://{args.host}:{args.port}"  # the links name where it serves
     print_links()
+    os.environ.update(NO_JOB_RUNNER)
+    # One worker: one user's browser (MLflow's default, 4, costs 9 s more CPU to start: bench/ui_start.py)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port",
-                              str(args.port), "--backend-store-uri", uri])
+                              str(args.port), "--backend-store-uri", uri, "--workers", "1"])
 
 
 def serve(argv: list[str], prog: str) -> None:
