@@ -108,7 +108,7 @@ def assert_training_layout_with_the_view(page) -> None:
 
 
 def test_make_ui_is_one_server_process_without_mlflows_job_runner(ui):
-    """MLflow's defaults: 4 workers and a job runner (ten processes, 30 s of CPU to start); ours: one."""
+    """MLflow's defaults: 4 workers and a job runner (15 processes, 33 s of CPU to start); ours: one."""
     port = int(ui[0].rsplit(":", 1)[1])
     server = psutil.Process(next(c.pid for c in psutil.net_connections("tcp")
                                  if c.laddr.port == port and c.status == psutil.CONN_LISTEN))

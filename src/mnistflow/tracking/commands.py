@@ -59,7 +59,7 @@ def serve_ui(argv: list[str], prog: str) -> None:
     os.environ["MLFLOW_UI_URL"] = f"http://{args.host}:{args.port}"  # the links name where it serves
     print_links()
     os.environ.update(NO_JOB_RUNNER)
-    # One worker: one user's browser (MLflow's default, 4, costs 9 s more CPU to start: bench/ui_start.py)
+    # One worker: one user's browser (MLflow's default, 4, costs 8 s more CPU to start: bench/ui_start.py)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port",
                               str(args.port), "--backend-store-uri", uri, "--workers", "1"])
 
