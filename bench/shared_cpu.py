@@ -73,8 +73,9 @@ def main() -> None:
             for policy in POLICIES:
                 for at_once in (1, 2):
                     times.setdefault((model, policy, at_once), []).extend(timed(model, args.images, policy, at_once))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    from pipeline_overhead import cpu_name  # beside this script
+
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; one epoch on {args.images} images, seconds of fit, median of "
           f"{args.repeats} (pairs: of both processes)")
     print("| model | alone, default | alone, passive | two at once, default | two at once, passive | "

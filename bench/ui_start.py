@@ -69,8 +69,9 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, (env, workers) in SETTINGS.items():
                 results[name].append(start(store, env, workers))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    from pipeline_overhead import cpu_name  # beside this script
+
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; `mlflow server` over a sqlite store, median of {args.repeats}")
     print("| server | /health answers after | CPU by 10 s later | CPU vs MLflow's defaults |")
     print("|---|---|---|---|")
